@@ -1,7 +1,7 @@
 //! The API of native functions: value specs, the function trait, the registry and the
 //! invocation context that collects effects.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,9 +102,13 @@ impl std::fmt::Debug for FunctionSpec {
 }
 
 /// All function types a node serves. Built before the shards start, then shared read-only.
+///
+/// Besides functions it knows *endpoints*: types of addresses that are not functions but
+/// can take messages, such as the node's ingress requests waiting for a reply.
 #[derive(Debug, Default)]
 pub struct Registry {
     functions: HashMap<TypeName, FunctionSpec>,
+    endpoints: HashSet<TypeName>,
 }
 
 impl Registry {
@@ -113,7 +117,7 @@ impl Registry {
     }
 
     pub fn register(&mut self, spec: FunctionSpec) -> Result<(), Error> {
-        if self.functions.contains_key(&spec.typename) {
+        if self.functions.contains_key(&spec.typename) || self.endpoints.contains(&spec.typename) {
             return Err(Error::DuplicateFunction(spec.typename));
         }
         self.functions.insert(spec.typename.clone(), spec);
@@ -124,8 +128,22 @@ impl Registry {
         self.functions.get(typename)
     }
 
+    /// Declares `typename` as an endpoint: functions may send to its addresses.
+    pub fn register_endpoint(&mut self, typename: TypeName) -> Result<(), Error> {
+        if self.functions.contains_key(&typename) || !self.endpoints.insert(typename.clone()) {
+            return Err(Error::DuplicateFunction(typename));
+        }
+        Ok(())
+    }
+
+    /// Whether `typename` is a registered function.
     pub fn contains(&self, typename: &TypeName) -> bool {
         self.functions.contains_key(typename)
+    }
+
+    /// Whether messages to addresses of `typename` have somewhere to go.
+    pub fn accepts(&self, typename: &TypeName) -> bool {
+        self.functions.contains_key(typename) || self.endpoints.contains(typename)
     }
 
     pub fn typenames(&self) -> impl Iterator<Item = &TypeName> {
@@ -254,7 +272,7 @@ impl<'a> Context<'a> {
     }
 
     fn envelope(&self, target: Address, value: TypedValue) -> Result<Envelope, FunctionError> {
-        if !self.registry.contains(&target.function) {
+        if !self.registry.accepts(&target.function) {
             return Err(Error::UnknownFunction(target.function).into());
         }
         check_size(&value)?;

@@ -1,0 +1,232 @@
+//! The HTTP ingress, for people and tools. Every shard accepts on the same port
+//! (`SO_REUSEPORT`), and hands each request to the shard that owns its target.
+//!
+//! - `POST /v1/send/{namespace}/{type}/{id}`: the body is the message, its type name comes
+//!   from `Content-Type: application/vnd.{typename}`; `202` once the message is accepted.
+//! - `POST /v1/call/{namespace}/{type}/{id}`: the same, then waits for the first message the
+//!   function sends to its caller: `200` with it, `504` after the call timeout.
+//! - `GET /v1/health`: `200` once the shard serves.
+
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request as HttpRequest, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use statefun_core::{Address, Error, TypeName, TypedValue};
+
+use crate::limits;
+use crate::rt::{self, HyperStream, Semaphore, TcpListener};
+use crate::shard::{Outcome, ShardNode};
+
+/// The content type prefix that carries a type name, as in StateFun's own HTTP ingress.
+const VND_PREFIX: &str = "application/vnd.";
+
+/// Accepts connections on `listener` for as long as the shard lives.
+pub async fn serve(node: Rc<ShardNode>, listener: TcpListener, call_timeout: Duration) {
+    let connections = Rc::new(Semaphore::new(limits::http_connections_per_shard_max));
+    loop {
+        // Admission: at the bound, stop accepting; the kernel's backlog holds the rest.
+        let permit = match connections.acquire_static_permit(1).await {
+            Ok(permit) => permit,
+            Err(error) => return tracing::error!("{}: connection semaphore closed: {error}", node.id),
+        };
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!("{}: accept failed: {error}", node.id);
+                rt::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let node = node.clone();
+        rt::spawn_local(async move {
+            let service = hyper::service::service_fn(|request| {
+                let node = node.clone();
+                async move { Ok::<_, Infallible>(handle(&node, request, call_timeout).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                // hyper's timers must be `Send`, glommio's are not: no header timeout, and
+                // the connection bound above is what limits idle clients.
+                .header_read_timeout(None)
+                .serve_connection(HyperStream::new(stream), service);
+            if let Err(error) = connection.await {
+                tracing::debug!("http connection ended: {error}");
+            }
+            drop(permit);
+        })
+        .detach();
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn text(status: StatusCode, body: impl Into<String>) -> Reply {
+    let mut body = body.into();
+    body.push('\n');
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// Which ingress endpoint a path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Send,
+    Call,
+}
+
+async fn handle(node: &Rc<ShardNode>, request: HttpRequest<Incoming>, call_timeout: Duration) -> Reply {
+    let path = request.uri().path().to_owned();
+    if path == "/v1/health" {
+        return match *request.method() {
+            Method::GET => text(StatusCode::OK, "ok"),
+            _ => text(StatusCode::METHOD_NOT_ALLOWED, "use GET for /v1/health"),
+        };
+    }
+    let (kind, target) = match parse_path(&path) {
+        Ok(parsed) => parsed,
+        Err(reply) => return reply,
+    };
+    if request.method() != Method::POST {
+        return text(StatusCode::METHOD_NOT_ALLOWED, format!("use POST for {path}"));
+    }
+    if !node.registry.contains(&target.function) {
+        return text(StatusCode::NOT_FOUND, format!("no function is registered for type {}", target.function));
+    }
+    let typename = match typename_of(&request) {
+        Ok(typename) => typename,
+        Err(reply) => return reply,
+    };
+    let body = match read_body(request).await {
+        Ok(body) => body,
+        Err(reply) => return reply,
+    };
+    let value = TypedValue::new(typename, body);
+    let mut pending = node.ingress(target.clone(), value, kind == Kind::Call);
+    match pending.admitted().await {
+        Outcome::Admitted => {}
+        Outcome::Refused(error @ Error::MailboxFull { .. }) => {
+            let mut reply = text(StatusCode::SERVICE_UNAVAILABLE, error.to_string());
+            reply.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return reply;
+        }
+        Outcome::Refused(error @ Error::UnknownFunction(_)) => return text(StatusCode::NOT_FOUND, error.to_string()),
+        Outcome::Refused(error) => return text(StatusCode::BAD_REQUEST, error.to_string()),
+        other => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected outcome {other:?}")),
+    }
+    if kind == Kind::Send {
+        return text(StatusCode::ACCEPTED, "accepted");
+    }
+    match rt::timeout(call_timeout, pending.answered()).await {
+        Some(Outcome::Reply(value)) => {
+            let mut response = Response::new(Full::new(value.value));
+            let content_type = format!("{VND_PREFIX}{}", value.typename);
+            if let Ok(content_type) = header::HeaderValue::from_str(&content_type) {
+                response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+            }
+            response
+        }
+        Some(Outcome::Failed(why)) => text(StatusCode::UNPROCESSABLE_ENTITY, why),
+        Some(other) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected outcome {other:?}")),
+        None => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("no reply from {target} within {} ms", call_timeout.as_millis()),
+        ),
+    }
+}
+
+/// Splits `/v1/{send|call}/{namespace}/{type}/{id}` (each part percent-decoded; the
+/// namespace may contain `/`).
+fn parse_path(path: &str) -> Result<(Kind, Address), Reply> {
+    let usage = "expected /v1/send/{namespace}/{type}/{id} or /v1/call/{namespace}/{type}/{id}";
+    let (kind, rest) = if let Some(rest) = path.strip_prefix("/v1/send/") {
+        (Kind::Send, rest)
+    } else if let Some(rest) = path.strip_prefix("/v1/call/") {
+        (Kind::Call, rest)
+    } else {
+        return Err(text(StatusCode::NOT_FOUND, format!("no such endpoint {path}: {usage}")));
+    };
+    let bad = |why: String| text(StatusCode::BAD_REQUEST, format!("bad path {path}: {why}"));
+    let (function, id) = rest.rsplit_once('/').ok_or_else(|| bad(usage.to_string()))?;
+    let (namespace, name) = function.rsplit_once('/').ok_or_else(|| bad(usage.to_string()))?;
+    let decode = |part: &str, what: &str| percent_decode(part).ok_or_else(|| bad(format!("the {what} is not valid percent-encoded UTF-8")));
+    let function = TypeName::new(&decode(namespace, "namespace")?, &decode(name, "type")?)
+        .map_err(|error| bad(error.to_string()))?;
+    let address = Address::new(function, &decode(id, "id")?).map_err(|error| bad(error.to_string()))?;
+    Ok((kind, address))
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(at + 1..at + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            at += 3;
+        } else {
+            out.push(bytes[at]);
+            at += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn typename_of(request: &HttpRequest<Incoming>) -> Result<TypeName, Reply> {
+    let usage = format!("set Content-Type: {VND_PREFIX}{{namespace}}/{{type}} to give the message's type");
+    let Some(content_type) = request.headers().get(header::CONTENT_TYPE) else {
+        return Err(text(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("no Content-Type: {usage}")));
+    };
+    let content_type = content_type.to_str().unwrap_or_default();
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    let Some(typename) = essence.strip_prefix(VND_PREFIX) else {
+        return Err(text(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Content-Type {content_type:?}: {usage}")));
+    };
+    TypeName::parse(typename)
+        .map_err(|error| text(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Content-Type {content_type:?}: {error}")))
+}
+
+async fn read_body(request: HttpRequest<Incoming>) -> Result<Bytes, Reply> {
+    let too_large = || {
+        text(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than the limit of {} bytes", limits::http_body_bytes_max))
+    };
+    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limits::http_body_bytes_max as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(request.into_body(), limits::http_body_bytes_max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(error) => Err(text(StatusCode::BAD_REQUEST, format!("could not read the body: {error}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_split_into_kind_and_address() {
+        let (kind, address) = parse_path("/v1/call/example/counter/a%20b").unwrap();
+        assert_eq!(kind, Kind::Call);
+        assert_eq!(address.to_string(), "example/counter/a b");
+        let (kind, address) = parse_path("/v1/send/com.example/fns/greeter/x").unwrap();
+        assert_eq!(kind, Kind::Send);
+        assert_eq!(address.function.namespace(), "com.example/fns");
+        assert_eq!(&*address.id, "x");
+    }
+
+    #[test]
+    fn malformed_paths_are_refused_with_the_reason() {
+        assert_eq!(parse_path("/v2/call/a/b/c").unwrap_err().status(), StatusCode::NOT_FOUND);
+        for bad in ["/v1/call/counter", "/v1/call/a/b", "/v1/call//b/c", "/v1/call/a/b/%zz", "/v1/call/a/b/%ff"] {
+            assert_eq!(parse_path(bad).unwrap_err().status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+}

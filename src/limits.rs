@@ -1,0 +1,21 @@
+//! Every bound of the node in one place, unit last, each with the reason for its number.
+//! The model's own bounds live in `statefun_core::limits`.
+
+// Limits read as quantities (`mesh_channel_messages_max`), as in TigerBeetle's constants.
+#![allow(non_upper_case_globals)]
+
+/// Messages in flight on one shard-to-shard channel. A full channel makes the sender's
+/// outbox wait; 1024 covers several turns of a busy shard (256 invocations each).
+pub const mesh_channel_messages_max: usize = 1024;
+
+/// Open HTTP connections per shard. HTTP/1.1 runs one request at a time per connection, so
+/// this also bounds the ingress requests a shard has in flight: the ingress pushback.
+pub const http_connections_per_shard_max: u64 = 4096;
+
+/// Bytes in one HTTP request body: the largest message value, see the core limit.
+pub const http_body_bytes_max: usize = statefun_core::limits::value_bytes_max;
+
+/// Bytes read from a socket per call before handing them to the HTTP parser.
+pub const http_read_chunk_bytes_max: usize = 16 * 1024;
+
+const _: () = assert!(mesh_channel_messages_max >= statefun_core::limits::invocations_per_turn_max);

@@ -1,0 +1,174 @@
+//! A node: one shard per core, wired into a full mesh, each serving the HTTP ingress.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use statefun_core::{limits as core_limits, Registry, Routing, ShardId};
+
+use crate::limits;
+use crate::rt::{self, ExecutorJoinHandle};
+use crate::shard::{MeshMessage, ShardNode};
+
+/// How committed a record is before its effects leave the shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// No log: effects leave as soon as the invocation ran. State is lost on exit.
+    Memory,
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Durability::Memory => f.write_str("memory (no log: state is lost on exit)"),
+        }
+    }
+}
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Shards, one executor each, pinned to cores in order.
+    pub shards: u16,
+    /// Where the HTTP ingress listens; port 0 picks a free port.
+    pub http: SocketAddr,
+    pub durability: Durability,
+    pub data_dir: PathBuf,
+    /// How long `/v1/call` waits for the function's reply.
+    pub call_timeout: Duration,
+    /// Busy-poll this long before an idle executor parks: trades idle CPU for wake-up latency.
+    pub spin_before_park: Option<Duration>,
+}
+
+impl Config {
+    /// The embedded default: all cores, loopback, `./data`.
+    pub fn embedded_default() -> Config {
+        Config {
+            shards: u16::try_from(rt::online_cpus()).unwrap_or(1),
+            http: SocketAddr::from(([127, 0, 0, 1], 8070)),
+            durability: Durability::Memory,
+            data_dir: PathBuf::from("data"),
+            call_timeout: Duration::from_secs(10),
+            spin_before_park: None,
+        }
+    }
+}
+
+/// A started node. Its shards run until the process ends.
+#[derive(Debug)]
+pub struct Node {
+    /// The address the HTTP ingress listens on (with the port resolved).
+    pub http: SocketAddr,
+    pub shards: u16,
+    executors: Vec<ExecutorJoinHandle<()>>,
+}
+
+impl Node {
+    /// Starts every shard and returns once all of them serve.
+    pub fn start(config: Config, mut registry: Registry) -> anyhow::Result<Node> {
+        if config.shards == 0 || config.shards > core_limits::shards_max {
+            bail!("--shards {} is out of range: give 1 to {}", config.shards, core_limits::shards_max);
+        }
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+        // Bind once without SO_REUSEPORT: this fails if anyone else holds the port (the
+        // shards' own sockets share it), and resolves port 0 to a real port.
+        let probe = std::net::TcpListener::bind(config.http)
+            .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
+        let http = probe.local_addr()?;
+        drop(probe);
+
+        let shards = config.shards;
+        let routing = Routing::new(shards);
+        registry.register_endpoint(crate::shard::request_type())?;
+        let registry = Arc::new(registry);
+        let mut links = mesh(shards);
+        let (ready_sender, ready) = mpsc::channel::<Result<ShardId, String>>();
+        let mut executors = Vec::with_capacity(usize::from(shards));
+        for (index, shard_links) in links.drain(..).enumerate() {
+            let id = ShardId(u16::try_from(index)?);
+            let registry = registry.clone();
+            let ready = ready_sender.clone();
+            let call_timeout = config.call_timeout;
+            let executor = rt::start_pinned(&format!("shard-{index}"), index, config.spin_before_park, move || async move {
+                // Every channel end waits for its other end: connect them all at once, or two
+                // shards each waiting on their first peer would wait forever.
+                let connecting: Vec<_> = shard_links
+                    .into_iter()
+                    .map(|(peer, sender, receiver)| {
+                        let both = futures_lite::future::zip(sender.connect(), receiver.connect());
+                        rt::spawn_local(async move { (peer, both.await) })
+                    })
+                    .collect();
+                let mut connected = Vec::with_capacity(connecting.len());
+                for link in connecting {
+                    let (peer, (sender, receiver)) = link.await;
+                    connected.push((peer, sender, receiver));
+                }
+                tracing::debug!("{id}: mesh connected");
+                let node = ShardNode::new(id, routing, registry);
+                node.start(connected);
+                let listener = match rt::TcpListener::bind(http) {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        let _ = ready.send(Err(format!("{id}: cannot listen for HTTP on {http}: {error}")));
+                        return;
+                    }
+                };
+                let _ = ready.send(Ok(id));
+                crate::ingress::serve(node, listener, call_timeout).await;
+            })
+            .with_context(|| format!("cannot start the executor of shard {index}"))?;
+            executors.push(executor);
+        }
+        drop(ready_sender);
+        for _ in 0..shards {
+            match ready.recv() {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => bail!(error),
+                Err(_) => bail!("a shard stopped before it served"),
+            }
+        }
+        Ok(Node { http, shards, executors })
+    }
+
+    /// Waits for the shards, which run until the process ends.
+    pub fn wait(self) -> anyhow::Result<()> {
+        for executor in self.executors {
+            executor.join().map_err(|error| anyhow::anyhow!("a shard failed: {error}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// One shard's ends of the mesh: for every peer, the sender to it and the receiver from it.
+type ShardLinks = Vec<(ShardId, rt::SharedSender<MeshMessage>, rt::SharedReceiver<MeshMessage>)>;
+
+/// A bounded channel for every ordered pair of shards (a full mesh).
+fn mesh(shards: u16) -> Vec<ShardLinks> {
+    let n = usize::from(shards);
+    let mut senders: Vec<Vec<Option<rt::SharedSender<MeshMessage>>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut receivers: Vec<Vec<Option<rt::SharedReceiver<MeshMessage>>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    for from in 0..n {
+        for to in (0..n).filter(|to| *to != from) {
+            let (sender, receiver) = rt::channel(limits::mesh_channel_messages_max);
+            senders[from][to] = Some(sender);
+            receivers[to][from] = Some(receiver);
+        }
+    }
+    let mut links = Vec::with_capacity(n);
+    for (me, (senders, receivers)) in senders.into_iter().zip(receivers).enumerate() {
+        let mut shard_links = Vec::with_capacity(n.saturating_sub(1));
+        for (peer, (sender, receiver)) in senders.into_iter().zip(receivers).enumerate() {
+            if let (Some(sender), Some(receiver)) = (sender, receiver) {
+                shard_links.push((ShardId(peer as u16), sender, receiver));
+            } else {
+                assert_eq!(peer, me, "only the diagonal of the mesh is empty");
+            }
+        }
+        links.push(shard_links);
+    }
+    links
+}
