@@ -10,7 +10,8 @@
 //! - `example/reminder/{id}`: `remind MS TEXT` schedules `TEXT` in `MS` milliseconds,
 //!   replacing a pending reminder (a delayed message with a cancellation token); `cancel`
 //!   cancels it; `status` replies with the reminders that fired so far, comma-separated.
-//!   Fired reminders are also published to the `example/reminders` egress.
+//!   Fired reminders are also published to the `example/reminders` egress. `wait MS`
+//!   answers `waited` after `MS` milliseconds: a delayed message straight to the caller.
 
 use std::time::Duration;
 
@@ -73,7 +74,11 @@ fn chain(context: &mut Context<'_>, message: &TypedValue) -> Result<(), Function
         let (asker, rest) = askers.split_once(ENTRY_SEPARATOR).unwrap_or((askers.as_str(), ""));
         let asker = decode_asker(asker)?;
         let rest = rest.to_string();
-        if rest.is_empty() { context.delete(&ASKERS)? } else { context.set(&ASKERS, &rest)? }
+        if rest.is_empty() {
+            context.delete(&ASKERS)?
+        } else {
+            context.set(&ASKERS, &rest)?
+        }
         let answer = number(message)? + 1;
         if let Some(asker) = asker {
             context.send(asker, text("hops", answer.to_string()))?;
@@ -109,7 +114,8 @@ fn reminder(context: &mut Context<'_>, message: &TypedValue) -> Result<(), Funct
     match command {
         "remind" => {
             let (millis, reminder) = rest.split_once(' ').unwrap_or((rest, ""));
-            let millis: u64 = millis.parse().map_err(|_| FunctionError(format!("expected `remind MS TEXT`, got {body:?}")))?;
+            let millis: u64 =
+                millis.parse().map_err(|_| FunctionError(format!("expected `remind MS TEXT`, got {body:?}")))?;
             context.cancel_delayed(REMINDER_TOKEN)?;
             let fire = text("reminder", format!("fire {reminder}"));
             context.send_after(Duration::from_millis(millis), me, fire, Some(REMINDER_TOKEN))?;
@@ -128,10 +134,15 @@ fn reminder(context: &mut Context<'_>, message: &TypedValue) -> Result<(), Funct
             context.set(&FIRED, &fired)?;
             context.egress(typename("reminders"), text("reminder", rest.to_string()))
         }
+        "wait" => {
+            let millis: u64 = rest.parse().map_err(|_| FunctionError(format!("expected `wait MS`, got {body:?}")))?;
+            let Some(caller) = context.caller().cloned() else { return Ok(()) };
+            context.send_after(Duration::from_millis(millis), caller, text("reminder", "waited".to_string()), None)
+        }
         "status" => {
             let fired = context.get(&FIRED)?.unwrap_or_default();
             context.reply(text("reminder", fired))
         }
-        _ => Err(FunctionError(format!("expected `remind MS TEXT`, `cancel` or `status`, got {body:?}"))),
+        _ => Err(FunctionError(format!("expected `remind MS TEXT`, `cancel`, `status` or `wait MS`, got {body:?}"))),
     }
 }

@@ -73,6 +73,16 @@ fn text(status: StatusCode, body: impl Into<String>) -> Reply {
     response
 }
 
+/// A request the ingress turns away: the status and the sentence that says why.
+#[derive(Debug)]
+struct Refusal(StatusCode, String);
+
+impl Refusal {
+    fn into_reply(self) -> Reply {
+        text(self.0, self.1)
+    }
+}
+
 /// Which ingress endpoint a path names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -90,7 +100,7 @@ async fn handle(node: &Rc<ShardNode>, request: HttpRequest<Incoming>, call_timeo
     }
     let (kind, target) = match parse_path(&path) {
         Ok(parsed) => parsed,
-        Err(reply) => return reply,
+        Err(refusal) => return refusal.into_reply(),
     };
     if request.method() != Method::POST {
         return text(StatusCode::METHOD_NOT_ALLOWED, format!("use POST for {path}"));
@@ -100,11 +110,11 @@ async fn handle(node: &Rc<ShardNode>, request: HttpRequest<Incoming>, call_timeo
     }
     let typename = match typename_of(&request) {
         Ok(typename) => typename,
-        Err(reply) => return reply,
+        Err(refusal) => return refusal.into_reply(),
     };
     let body = match read_body(request).await {
         Ok(body) => body,
-        Err(reply) => return reply,
+        Err(refusal) => return refusal.into_reply(),
     };
     let value = TypedValue::new(typename, body);
     let mut pending = node.ingress(target.clone(), value, kind == Kind::Call);
@@ -133,28 +143,29 @@ async fn handle(node: &Rc<ShardNode>, request: HttpRequest<Incoming>, call_timeo
         }
         Some(Outcome::Failed(why)) => text(StatusCode::UNPROCESSABLE_ENTITY, why),
         Some(other) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected outcome {other:?}")),
-        None => text(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!("no reply from {target} within {} ms", call_timeout.as_millis()),
-        ),
+        None => {
+            text(StatusCode::GATEWAY_TIMEOUT, format!("no reply from {target} within {} ms", call_timeout.as_millis()))
+        }
     }
 }
 
 /// Splits `/v1/{send|call}/{namespace}/{type}/{id}` (each part percent-decoded; the
 /// namespace may contain `/`).
-fn parse_path(path: &str) -> Result<(Kind, Address), Reply> {
+fn parse_path(path: &str) -> Result<(Kind, Address), Refusal> {
     let usage = "expected /v1/send/{namespace}/{type}/{id} or /v1/call/{namespace}/{type}/{id}";
     let (kind, rest) = if let Some(rest) = path.strip_prefix("/v1/send/") {
         (Kind::Send, rest)
     } else if let Some(rest) = path.strip_prefix("/v1/call/") {
         (Kind::Call, rest)
     } else {
-        return Err(text(StatusCode::NOT_FOUND, format!("no such endpoint {path}: {usage}")));
+        return Err(Refusal(StatusCode::NOT_FOUND, format!("no such endpoint {path}: {usage}")));
     };
-    let bad = |why: String| text(StatusCode::BAD_REQUEST, format!("bad path {path}: {why}"));
+    let bad = |why: String| Refusal(StatusCode::BAD_REQUEST, format!("bad path {path}: {why}"));
     let (function, id) = rest.rsplit_once('/').ok_or_else(|| bad(usage.to_string()))?;
     let (namespace, name) = function.rsplit_once('/').ok_or_else(|| bad(usage.to_string()))?;
-    let decode = |part: &str, what: &str| percent_decode(part).ok_or_else(|| bad(format!("the {what} is not valid percent-encoded UTF-8")));
+    let decode = |part: &str, what: &str| {
+        percent_decode(part).ok_or_else(|| bad(format!("the {what} is not valid percent-encoded UTF-8")))
+    };
     let function = TypeName::new(&decode(namespace, "namespace")?, &decode(name, "type")?)
         .map_err(|error| bad(error.to_string()))?;
     let address = Address::new(function, &decode(id, "id")?).map_err(|error| bad(error.to_string()))?;
@@ -178,32 +189,36 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn typename_of(request: &HttpRequest<Incoming>) -> Result<TypeName, Reply> {
+fn typename_of(request: &HttpRequest<Incoming>) -> Result<TypeName, Refusal> {
     let usage = format!("set Content-Type: {VND_PREFIX}{{namespace}}/{{type}} to give the message's type");
     let Some(content_type) = request.headers().get(header::CONTENT_TYPE) else {
-        return Err(text(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("no Content-Type: {usage}")));
+        return Err(Refusal(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("no Content-Type: {usage}")));
     };
     let content_type = content_type.to_str().unwrap_or_default();
     let essence = content_type.split(';').next().unwrap_or_default().trim();
     let Some(typename) = essence.strip_prefix(VND_PREFIX) else {
-        return Err(text(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Content-Type {content_type:?}: {usage}")));
+        return Err(Refusal(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Content-Type {content_type:?}: {usage}")));
     };
     TypeName::parse(typename)
-        .map_err(|error| text(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Content-Type {content_type:?}: {error}")))
+        .map_err(|error| Refusal(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("Content-Type {content_type:?}: {error}")))
 }
 
-async fn read_body(request: HttpRequest<Incoming>) -> Result<Bytes, Reply> {
+async fn read_body(request: HttpRequest<Incoming>) -> Result<Bytes, Refusal> {
     let too_large = || {
-        text(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than the limit of {} bytes", limits::http_body_bytes_max))
+        Refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than the limit of {} bytes", limits::http_body_bytes_max),
+        )
     };
-    let declared = request.headers().get(header::CONTENT_LENGTH).and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
+    let declared =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limits::http_body_bytes_max as u64) {
         return Err(too_large());
     }
     match Limited::new(request.into_body(), limits::http_body_bytes_max).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(error) => Err(text(StatusCode::BAD_REQUEST, format!("could not read the body: {error}"))),
+        Err(error) => Err(Refusal(StatusCode::BAD_REQUEST, format!("could not read the body: {error}"))),
     }
 }
 
@@ -224,9 +239,9 @@ mod tests {
 
     #[test]
     fn malformed_paths_are_refused_with_the_reason() {
-        assert_eq!(parse_path("/v2/call/a/b/c").unwrap_err().status(), StatusCode::NOT_FOUND);
+        assert_eq!(parse_path("/v2/call/a/b/c").unwrap_err().0, StatusCode::NOT_FOUND);
         for bad in ["/v1/call/counter", "/v1/call/a/b", "/v1/call//b/c", "/v1/call/a/b/%zz", "/v1/call/a/b/%ff"] {
-            assert_eq!(parse_path(bad).unwrap_err().status(), StatusCode::BAD_REQUEST, "{bad}");
+            assert_eq!(parse_path(bad).unwrap_err().0, StatusCode::BAD_REQUEST, "{bad}");
         }
     }
 }

@@ -92,35 +92,36 @@ impl Node {
             let registry = registry.clone();
             let ready = ready_sender.clone();
             let call_timeout = config.call_timeout;
-            let executor = rt::start_pinned(&format!("shard-{index}"), index, config.spin_before_park, move || async move {
-                // Every channel end waits for its other end: connect them all at once, or two
-                // shards each waiting on their first peer would wait forever.
-                let connecting: Vec<_> = shard_links
-                    .into_iter()
-                    .map(|(peer, sender, receiver)| {
-                        let both = futures_lite::future::zip(sender.connect(), receiver.connect());
-                        rt::spawn_local(async move { (peer, both.await) })
-                    })
-                    .collect();
-                let mut connected = Vec::with_capacity(connecting.len());
-                for link in connecting {
-                    let (peer, (sender, receiver)) = link.await;
-                    connected.push((peer, sender, receiver));
-                }
-                tracing::debug!("{id}: mesh connected");
-                let node = ShardNode::new(id, routing, registry);
-                node.start(connected);
-                let listener = match rt::TcpListener::bind(http) {
-                    Ok(listener) => listener,
-                    Err(error) => {
-                        let _ = ready.send(Err(format!("{id}: cannot listen for HTTP on {http}: {error}")));
-                        return;
+            let executor =
+                rt::start_pinned(&format!("shard-{index}"), index, config.spin_before_park, move || async move {
+                    // Every channel end waits for its other end: connect them all at once, or two
+                    // shards each waiting on their first peer would wait forever.
+                    let connecting: Vec<_> = shard_links
+                        .into_iter()
+                        .map(|(peer, sender, receiver)| {
+                            let both = futures_lite::future::zip(sender.connect(), receiver.connect());
+                            rt::spawn_local(async move { (peer, both.await) })
+                        })
+                        .collect();
+                    let mut connected = Vec::with_capacity(connecting.len());
+                    for link in connecting {
+                        let (peer, (sender, receiver)) = link.await;
+                        connected.push((peer, sender, receiver));
                     }
-                };
-                let _ = ready.send(Ok(id));
-                crate::ingress::serve(node, listener, call_timeout).await;
-            })
-            .with_context(|| format!("cannot start the executor of shard {index}"))?;
+                    tracing::debug!("{id}: mesh connected");
+                    let node = ShardNode::new(id, routing, registry);
+                    node.start(connected);
+                    let listener = match rt::TcpListener::bind(http) {
+                        Ok(listener) => listener,
+                        Err(error) => {
+                            let _ = ready.send(Err(format!("{id}: cannot listen for HTTP on {http}: {error}")));
+                            return;
+                        }
+                    };
+                    let _ = ready.send(Ok(id));
+                    crate::ingress::serve(node, listener, call_timeout).await;
+                })
+                .with_context(|| format!("cannot start the executor of shard {index}"))?;
             executors.push(executor);
         }
         drop(ready_sender);
@@ -149,8 +150,10 @@ type ShardLinks = Vec<(ShardId, rt::SharedSender<MeshMessage>, rt::SharedReceive
 /// A bounded channel for every ordered pair of shards (a full mesh).
 fn mesh(shards: u16) -> Vec<ShardLinks> {
     let n = usize::from(shards);
-    let mut senders: Vec<Vec<Option<rt::SharedSender<MeshMessage>>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    let mut receivers: Vec<Vec<Option<rt::SharedReceiver<MeshMessage>>>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut senders: Vec<Vec<Option<rt::SharedSender<MeshMessage>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut receivers: Vec<Vec<Option<rt::SharedReceiver<MeshMessage>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
     for from in 0..n {
         for to in (0..n).filter(|to| *to != from) {
             let (sender, receiver) = rt::channel(limits::mesh_channel_messages_max);

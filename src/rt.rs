@@ -35,7 +35,11 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()> + 'static,
 {
-    let cpus: Vec<usize> = CpuSet::online().map_err(|error| anyhow::anyhow!("cannot list the online CPUs: {error}"))?.into_iter().map(|location| location.cpu).collect();
+    let cpus: Vec<usize> = CpuSet::online()
+        .map_err(|error| anyhow::anyhow!("cannot list the online CPUs: {error}"))?
+        .into_iter()
+        .map(|location| location.cpu)
+        .collect();
     let cpu = cpus.get(cpu % cpus.len().max(1)).copied().unwrap_or(0);
     let mut builder = LocalExecutorBuilder::new(Placement::Fixed(cpu)).name(name);
     if let Some(spin) = spin_before_park {

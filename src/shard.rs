@@ -17,7 +17,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_channel::oneshot;
-use statefun_core::{limits as core_limits, Address, Envelope, Error, Record, Registry, Routing, ShardId, TypeName, TypedValue, UnixMillis};
+use statefun_core::{
+    limits as core_limits, Address, Envelope, Error, Record, Registry, Routing, ShardId, TypeName, TypedValue,
+    UnixMillis,
+};
 
 use crate::rt::{self, Signal};
 

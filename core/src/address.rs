@@ -149,7 +149,7 @@ pub struct Routing {
 
 impl Routing {
     pub fn new(shards: u16) -> Routing {
-        assert!(shards >= 1 && shards <= limits::shards_max, "shard count {shards} out of range");
+        assert!((1..=limits::shards_max).contains(&shards), "shard count {shards} out of range");
         Routing { shards }
     }
 

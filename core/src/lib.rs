@@ -25,9 +25,7 @@ mod value;
 
 pub use address::{Address, KeyGroup, Routing, ShardId, TypeName};
 pub use error::{Error, FunctionError};
-pub use function::{
-    Context, Expiration, FunctionSpec, Registry, StatefulFunction, ValueSpec, ValueSpecDescriptor,
-};
+pub use function::{Context, Expiration, FunctionSpec, Registry, StatefulFunction, ValueSpec, ValueSpecDescriptor};
 pub use record::{Egress, Envelope, Input, Mutation, Record, TimerId, TimerOp};
 pub use shard::Shard;
 pub use time::UnixMillis;

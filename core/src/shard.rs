@@ -155,7 +155,8 @@ impl Shard {
     /// Runs a native function for `invocation` and returns the effects it asked for.
     fn invoke(&self, invocation: &Invocation) -> Result<Effects, FunctionError> {
         let target = &invocation.envelope.target;
-        let spec = self.registry.get(&target.function).ok_or_else(|| Error::UnknownFunction(target.function.clone()))?;
+        let spec =
+            self.registry.get(&target.function).ok_or_else(|| Error::UnknownFunction(target.function.clone()))?;
         let mut context = Context {
             now: invocation.at,
             address: target,
@@ -244,12 +245,22 @@ impl Shard {
             let id = TimerId(self.timer_id_next);
             self.timer_id_next += 1;
             if let Some(token) = &delayed.token {
-                let previous = self.tokens.entry(record.address.clone()).or_default().insert(token.clone(), (delayed.fire_at, id));
+                let previous =
+                    self.tokens.entry(record.address.clone()).or_default().insert(token.clone(), (delayed.fire_at, id));
                 assert!(previous.is_none(), "token {token:?} armed twice");
             }
-            let timer = Timer { owner: record.address.clone(), token: delayed.token.clone(), envelope: delayed.envelope.clone() };
+            let timer = Timer {
+                owner: record.address.clone(),
+                token: delayed.token.clone(),
+                envelope: delayed.envelope.clone(),
+            };
             self.timers.insert((delayed.fire_at, id), timer);
-            record.timers.push(TimerOp::Arm { id, fire_at: delayed.fire_at, token: delayed.token, envelope: delayed.envelope });
+            record.timers.push(TimerOp::Arm {
+                id,
+                fire_at: delayed.fire_at,
+                token: delayed.token,
+                envelope: delayed.envelope,
+            });
         }
         if self.tokens.get(&record.address).is_some_and(HashMap::is_empty) {
             self.tokens.remove(&record.address);
@@ -362,7 +373,10 @@ mod tests {
             }
             context.reply(text(&count.to_string()))
         };
-        let spec = FunctionSpec::new(typename("test/counter"), counter).with_value(&COUNT).with_value(&SHORT).with_value(&IDLE);
+        let spec = FunctionSpec::new(typename("test/counter"), counter)
+            .with_value(&COUNT)
+            .with_value(&SHORT)
+            .with_value(&IDLE);
         registry.register(spec).unwrap();
         let log = |context: &mut Context<'_>, message: &TypedValue| {
             let mut log = context.get(&LOG)?.unwrap_or_default();
@@ -461,7 +475,12 @@ mod tests {
         let mut shard = shard();
         let counter = address("test/counter", "a");
         let deleted = |record: &Record| -> Vec<String> {
-            record.mutations.iter().filter(|mutation| mutation.value.is_none()).map(|mutation| mutation.name.to_string()).collect()
+            record
+                .mutations
+                .iter()
+                .filter(|mutation| mutation.value.is_none())
+                .map(|mutation| mutation.name.to_string())
+                .collect()
         };
         shard.admit(message(&counter, None, "1")).unwrap();
         settle(&mut shard, 1_000);

@@ -25,10 +25,7 @@ impl TypedValue {
     pub fn decode<T: ValueType>(&self) -> Result<T, FunctionError> {
         let expected = T::typename();
         if self.typename != expected {
-            return Err(FunctionError(format!(
-                "expected a value of type {expected}, got {}",
-                self.typename
-            )));
+            return Err(FunctionError(format!("expected a value of type {expected}, got {}", self.typename)));
         }
         T::decode(&self.value)
     }

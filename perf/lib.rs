@@ -1,0 +1,3 @@
+//! The benchmarks live in `benches/` and the scripts beside this file; see `README.md`.
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,109 @@
+//! Starting a real `statefun` process for a test, and talking HTTP to it.
+
+#![allow(dead_code)] // Each test file uses its own part of this module.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `statefun serve` process on a free port, killed when dropped.
+pub struct Server {
+    child: Child,
+    pub url: String,
+    pub data_dir: std::path::PathBuf,
+}
+
+impl Server {
+    /// Starts `statefun serve` with `args` (plus a free HTTP port and a fresh data
+    /// directory) and waits until it serves.
+    pub fn start(args: &[&str]) -> Server {
+        let data_dir = std::env::temp_dir().join(format!("statefun-test-{}-{}", std::process::id(), unique()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_statefun"))
+            .arg("serve")
+            .args(["--http", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start statefun");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the start-up line");
+        let url = line
+            .split_whitespace()
+            .find(|word| word.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no URL in the start-up line {line:?}"))
+            .to_string();
+        Server { child, url, data_dir }
+    }
+
+    pub fn post(&self, path: &str, content_type: Option<&str>, body: &str) -> Reply {
+        post(&format!("{}{path}", self.url), content_type, body)
+    }
+
+    /// `/v1/call` with a text body of type `example/text`; panics unless it answers 200.
+    pub fn call(&self, target: &str, body: &str) -> String {
+        let reply = self.post(&format!("/v1/call/{target}"), Some("application/vnd.example/text"), body);
+        assert_eq!(reply.status, 200, "call {target} {body:?}: {}", reply.body);
+        reply.body
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// An HTTP answer, whatever its status.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+pub fn post(url: &str, content_type: Option<&str>, body: &str) -> Reply {
+    let mut request = ureq::post(url).timeout(Duration::from_secs(30));
+    if let Some(content_type) = content_type {
+        request = request.set("Content-Type", content_type);
+    }
+    reply(request.send_string(body))
+}
+
+pub fn get(url: &str) -> Reply {
+    reply(ureq::get(url).timeout(Duration::from_secs(30)).call())
+}
+
+fn reply(result: Result<ureq::Response, ureq::Error>) -> Reply {
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("request failed: {error}"),
+    };
+    let status = response.status();
+    let content_type = response.header("Content-Type").unwrap_or_default().to_string();
+    let body = response.into_string().expect("a text body");
+    Reply { status, content_type, body }
+}
+
+/// Polls `check` until it returns true or `limit` passes.
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    check()
+}
