@@ -5,6 +5,8 @@
 //!   from `Content-Type: application/vnd.{typename}`; `202` once the message is accepted.
 //! - `POST /v1/call/{namespace}/{type}/{id}`: the same, then waits for the first message the
 //!   function sends to its caller: `200` with it, `504` after the call timeout.
+//! - An `Idempotency-Key` header makes either safe to retry: a request with a key seen before
+//!   (within the retention window) gets the first outcome and is not applied again.
 //! - `GET /v1/health`: `200` once the shard serves.
 
 use std::convert::Infallible;
@@ -15,14 +17,17 @@ use bytes::Bytes;
 use http::{header, Method, Request as HttpRequest, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use statefun_core::{Address, Error, TypeName, TypedValue};
+use statefun_core::{Address, Error, Outcome, TypeName, TypedValue, Want};
 
 use crate::limits;
 use crate::rt::{self, HyperStream, Semaphore, TcpListener};
-use crate::shard::{Outcome, ShardNode};
+use crate::shard::ShardNode;
 
 /// The content type prefix that carries a type name, as in StateFun's own HTTP ingress.
 const VND_PREFIX: &str = "application/vnd.";
+
+/// The header that makes a retried request safe: the first outcome is kept and given again.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Accepts connections on `listener` for as long as the shard lives.
 pub async fn serve(node: Rc<ShardNode>, listener: TcpListener, call_timeout: Duration) {
@@ -108,6 +113,10 @@ async fn handle(node: &Rc<ShardNode>, request: HttpRequest<Incoming>, call_timeo
     if !node.registry.contains(&target.function) {
         return text(StatusCode::NOT_FOUND, format!("no function is registered for type {}", target.function));
     }
+    let key = match idempotency_key(&request) {
+        Ok(key) => key,
+        Err(refusal) => return refusal.into_reply(),
+    };
     let typename = match typename_of(&request) {
         Ok(typename) => typename,
         Err(refusal) => return refusal.into_reply(),
@@ -117,22 +126,13 @@ async fn handle(node: &Rc<ShardNode>, request: HttpRequest<Incoming>, call_timeo
         Err(refusal) => return refusal.into_reply(),
     };
     let value = TypedValue::new(typename, body);
-    let mut pending = node.ingress(target.clone(), value, kind == Kind::Call);
-    match pending.admitted().await {
-        Outcome::Admitted => {}
-        Outcome::Refused(error @ Error::MailboxFull { .. }) => {
-            let mut reply = text(StatusCode::SERVICE_UNAVAILABLE, error.to_string());
-            reply.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            return reply;
-        }
-        Outcome::Refused(error @ Error::UnknownFunction(_)) => return text(StatusCode::NOT_FOUND, error.to_string()),
-        Outcome::Refused(error) => return text(StatusCode::BAD_REQUEST, error.to_string()),
-        other => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected outcome {other:?}")),
-    }
-    if kind == Kind::Send {
-        return text(StatusCode::ACCEPTED, "accepted");
-    }
-    match rt::timeout(call_timeout, pending.answered()).await {
+    let want = match kind {
+        Kind::Send => Want::Admission,
+        Kind::Call => Want::Answer,
+    };
+    let mut exchange = node.ingress(target.clone(), value, want, key.as_deref());
+    match rt::timeout(call_timeout, exchange.outcome()).await {
+        Some(Outcome::Admitted) => text(StatusCode::ACCEPTED, "accepted"),
         Some(Outcome::Reply(value)) => {
             let mut response = Response::new(Full::new(value.value));
             let content_type = format!("{VND_PREFIX}{}", value.typename);
@@ -142,11 +142,38 @@ async fn handle(node: &Rc<ShardNode>, request: HttpRequest<Incoming>, call_timeo
             response
         }
         Some(Outcome::Failed(why)) => text(StatusCode::UNPROCESSABLE_ENTITY, why),
-        Some(other) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("unexpected outcome {other:?}")),
+        Some(Outcome::Refused(error @ (Error::MailboxFull { .. } | Error::Poisoned(_)))) => {
+            let mut reply = text(StatusCode::SERVICE_UNAVAILABLE, error.to_string());
+            reply.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            reply
+        }
+        Some(Outcome::Refused(error @ Error::UnknownFunction(_))) => text(StatusCode::NOT_FOUND, error.to_string()),
+        Some(Outcome::Refused(error @ Error::IdempotencyKeyReused { .. })) => {
+            text(StatusCode::UNPROCESSABLE_ENTITY, error.to_string())
+        }
+        Some(Outcome::Refused(error)) => text(StatusCode::BAD_REQUEST, error.to_string()),
+        None if kind == Kind::Send => text(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!("{target} did not accept the message within {} ms", call_timeout.as_millis()),
+        ),
         None => {
             text(StatusCode::GATEWAY_TIMEOUT, format!("no reply from {target} within {} ms", call_timeout.as_millis()))
         }
     }
+}
+
+/// The `Idempotency-Key` header: printable ASCII without spaces, 1 to 512 characters.
+fn idempotency_key(request: &HttpRequest<Incoming>) -> Result<Option<String>, Refusal> {
+    let Some(key) = request.headers().get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    let bad = |why: &str| Refusal(StatusCode::BAD_REQUEST, format!("bad Idempotency-Key: {why}"));
+    let key = key.to_str().map_err(|_| bad("use printable ASCII"))?;
+    if key.is_empty() || key.len() > statefun_core::limits::name_bytes_max / 2 {
+        return Err(bad("give 1 to 512 characters"));
+    }
+    if key.bytes().any(|byte| !byte.is_ascii_graphic()) {
+        return Err(bad("use printable ASCII without spaces"));
+    }
+    Ok(Some(key.to_string()))
 }
 
 /// Splits `/v1/{send|call}/{namespace}/{type}/{id}` (each part percent-decoded; the

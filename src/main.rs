@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use statefun::core::Retention;
 use statefun::{Config, Durability, Node};
 
 #[derive(Debug, Parser)]
@@ -40,6 +41,10 @@ struct ServeArgs {
     /// Busy-poll this many microseconds before an idle shard parks (lower latency, more CPU).
     #[arg(long)]
     spin_before_park_us: Option<u64>,
+    /// How long a request with an Idempotency-Key is remembered, in seconds: a retry within
+    /// this window gets the first outcome.
+    #[arg(long, default_value_t = 24 * 3600)]
+    idempotency_retention_s: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +67,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         call_timeout: Duration::from_millis(args.call_timeout_ms),
         spin_before_park: args.spin_before_park_us.map(Duration::from_micros),
+        retention: Retention { keyed: Duration::from_secs(args.idempotency_retention_s), ..defaults.retention },
     };
     let durability = config.durability;
     let node = Node::start(config, statefun::examples::registry())?;

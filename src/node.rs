@@ -6,7 +6,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use statefun_core::{limits as core_limits, Registry, Routing, ShardId};
+use statefun_core::{limits as core_limits, Registry, Retention, Routing, ShardId};
 
 use crate::limits;
 use crate::rt::{self, ExecutorJoinHandle};
@@ -40,6 +40,8 @@ pub struct Config {
     pub call_timeout: Duration,
     /// Busy-poll this long before an idle executor parks: trades idle CPU for wake-up latency.
     pub spin_before_park: Option<Duration>,
+    /// How long ingress requests are remembered for idempotent retries.
+    pub retention: Retention,
 }
 
 impl Config {
@@ -52,6 +54,7 @@ impl Config {
             data_dir: PathBuf::from("data"),
             call_timeout: Duration::from_secs(10),
             spin_before_park: None,
+            retention: Retention::default(),
         }
     }
 }
@@ -82,7 +85,7 @@ impl Node {
 
         let shards = config.shards;
         let routing = Routing::new(shards);
-        registry.register_endpoint(crate::shard::request_type())?;
+        registry.register_endpoint(statefun_core::requests::request_type())?;
         let registry = Arc::new(registry);
         let mut links = mesh(shards);
         let (ready_sender, ready) = mpsc::channel::<Result<ShardId, String>>();
@@ -92,6 +95,7 @@ impl Node {
             let registry = registry.clone();
             let ready = ready_sender.clone();
             let call_timeout = config.call_timeout;
+            let retention = config.retention;
             let executor =
                 rt::start_pinned(&format!("shard-{index}"), index, config.spin_before_park, move || async move {
                     // Every channel end waits for its other end: connect them all at once, or two
@@ -109,7 +113,7 @@ impl Node {
                         connected.push((peer, sender, receiver));
                     }
                     tracing::debug!("{id}: mesh connected");
-                    let node = ShardNode::new(id, routing, registry);
+                    let node = ShardNode::new(id, routing, registry, retention);
                     node.start(connected);
                     let listener = match rt::TcpListener::bind(http) {
                         Ok(listener) => listener,

@@ -15,6 +15,10 @@ pub enum Error {
     UnknownFunction(TypeName),
     #[error("the mailbox of {address} is full ({len} messages); retry later")]
     MailboxFull { address: String, len: usize },
+    #[error("idempotency key {key:?} was used before for a request to {target}")]
+    IdempotencyKeyReused { key: String, target: String },
+    #[error("this shard's log failed and refuses new work: {0}")]
+    Poisoned(String),
     #[error("value of {bytes} bytes is larger than the limit of {max} bytes")]
     ValueTooLarge { bytes: usize, max: usize },
 }

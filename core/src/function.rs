@@ -204,6 +204,8 @@ pub struct Context<'a> {
     pub(crate) spec: &'a FunctionSpec,
     pub(crate) registry: &'a Registry,
     pub(crate) values: Option<&'a HashMap<Arc<str>, StoredValue>>,
+    /// Values that expired before this invocation: they read as absent.
+    pub(crate) expired: &'a [Arc<str>],
     pub(crate) pending_tokens: Option<&'a HashMap<Arc<str>, (UnixMillis, TimerId)>>,
     pub(crate) effects: Effects,
 }
@@ -245,6 +247,9 @@ impl<'a> Context<'a> {
         self.registered(spec)?;
         if let Some((_, written)) = self.effects.mutations.iter().find(|(name, _)| &**name == spec.name) {
             return written.as_ref().map(TypedValue::decode).transpose();
+        }
+        if self.expired.iter().any(|name| &**name == spec.name) {
+            return Ok(None);
         }
         let stored = self.values.and_then(|values| values.get(spec.name));
         stored.map(|stored| stored.value.decode()).transpose()

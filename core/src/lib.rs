@@ -6,10 +6,10 @@
 //! records; the network (`net`) will carry its envelopes.
 //!
 //! The path of one message through this crate:
-//! [`Shard::deliver`] puts an [`Envelope`] into its target's mailbox, [`Shard::run`] invokes
-//! the target's [`StatefulFunction`] with a [`Context`] that collects every effect, and
-//! [`Shard::poll_record`] hands out the invocation's [`Record`] for the driver to commit and
-//! then release.
+//! [`Shard::request`] admits an ingress message into its target's mailbox, [`Shard::run`]
+//! invokes the target's [`StatefulFunction`] with a [`Context`] that collects every effect,
+//! [`Shard::poll_record`] hands out the invocation's [`Record`] for the driver to commit, and
+//! after the commit [`Shard::released`] and [`Shard::poll_output`] let its effects go.
 
 #![forbid(unsafe_code)]
 
@@ -18,6 +18,7 @@ mod error;
 mod function;
 pub mod limits;
 mod record;
+pub mod requests;
 mod shard;
 mod time;
 pub mod types;
@@ -26,7 +27,10 @@ mod value;
 pub use address::{Address, KeyGroup, Routing, ShardId, TypeName};
 pub use error::{Error, FunctionError};
 pub use function::{Context, Expiration, FunctionSpec, Registry, StatefulFunction, ValueSpec, ValueSpecDescriptor};
-pub use record::{Egress, Envelope, Input, Mutation, Record, TimerId, TimerOp};
-pub use shard::Shard;
+pub use record::{
+    Egress, Entry, Envelope, Invocation, MessageId, Mutation, Record, RequestKey, Route, Send, TimerId, TimerOp,
+};
+pub use requests::{Outcome, Waiter, Want};
+pub use shard::{Output, Pending, Retention, Shard};
 pub use time::UnixMillis;
 pub use value::{TypedValue, ValueType};

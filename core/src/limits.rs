@@ -29,6 +29,11 @@ pub const name_bytes_max: usize = 1024;
 /// Bytes in one value, message or state. Matches the HTTP ingress body limit.
 pub const value_bytes_max: usize = 4 * 1024 * 1024;
 
+/// Ingress requests one shard remembers (for idempotent retries, and while callers wait).
+/// Past it the oldest are forgotten early, so the retention window shrinks under a flood of
+/// distinct keys rather than memory growing without bound: 1 M keys of ~200 bytes each.
+pub const requests_per_shard_max: usize = 1 << 20;
+
 /// Invocations a shard runs before it yields to its other tasks (network, timers).
 pub const invocations_per_turn_max: usize = 256;
 
