@@ -1,5 +1,29 @@
-//! The durable side of a shard: the append-only state log, group commit, recovery and
-//! snapshots. Until the log lands, nodes run in `--durability memory`; the core's
-//! `Record` is the unit this crate will frame, commit and replay.
+//! The durable side of a shard: its append-only log.
+//!
+//! Every record a shard's core produces is encoded ([`codec`]) into the current batch
+//! ([`format::BatchBuilder`]); while one batch is being written and synced, the next one
+//! fills (group commit). A batch is one write plus one `fdatasync` ([`Segments::write`]),
+//! into segment files that were zero-filled ahead of time, through glommio's O_DIRECT
+//! io_uring files. At start, [`open`] reads the segments back, cuts a torn final batch and
+//! hands the records over for replay; any other damage stops start-up with an error that
+//! names the segment and offset. The byte layout is in `storage/FORMAT.md`.
+//!
+//! **A failed write or sync poisons the log**: every later call fails, and a sync is never
+//! retried, because after a failed `fdatasync` the kernel may have dropped the dirty pages
+//! it could not write (the "fsyncgate" lesson).
 
 #![forbid(unsafe_code)]
+
+pub mod codec;
+mod error;
+mod file;
+pub mod format;
+pub mod limits;
+mod log;
+
+pub use error::Error;
+pub use log::{open, truncate, Batcher, LogConfig, Recovered, Segments};
+
+/// A log sequence number: the place of a record in its shard's log, from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);

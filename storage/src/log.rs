@@ -1,0 +1,497 @@
+//! A shard's log on disk: recovery at start, the batcher that fills the next batch, and the
+//! segments that take one batch at a time.
+//!
+//! Files: `{dir}/{index:08}.seg`, each zero-filled to its full size before it is first used
+//! (overwriting zeroed blocks syncs about twice as fast as growing a file), prepared as
+//! `.seg.tmp` and renamed, so a half-prepared segment is never mistaken for part of the log.
+
+use std::collections::VecDeque;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use rkyv::util::AlignedVec;
+use statefun_core::Record;
+
+use crate::file::{self, File};
+use crate::format::{self, BatchBuilder, SealedBatch};
+use crate::limits::{
+    batch_bytes_max, block_bytes, read_chunk_bytes, record_bytes_max, segment_bytes_min, zero_chunk_bytes,
+};
+use crate::{codec, Error, Lsn};
+
+/// Where a shard's log lives and how big its segments are.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub dir: PathBuf,
+    pub segment_bytes: u64,
+}
+
+/// What recovery found.
+#[derive(Debug)]
+pub struct Recovered {
+    /// Every committed record, in order.
+    pub records: Vec<Record>,
+    pub next_lsn: Lsn,
+    pub segments: usize,
+    /// A torn final batch that was cut, said in a sentence.
+    pub cut: Option<String>,
+}
+
+fn segment_path(dir: &Path, index: u32) -> PathBuf {
+    dir.join(format!("{index:08}.seg"))
+}
+
+fn segment_index(path: &Path) -> Option<u32> {
+    let name = path.file_name()?.to_str()?;
+    name.strip_suffix(".seg")?.parse().ok()
+}
+
+fn corrupt(segment: &Path, offset: u64, why: String) -> Error {
+    let fix = format!("statefun log truncate {} {offset}", segment.display());
+    Error::Corrupt { segment: segment.to_owned(), offset, why, fix }
+}
+
+/// The segment being written.
+#[derive(Debug)]
+struct Current {
+    index: u32,
+    file: File,
+    offset: u64,
+    size: u64,
+}
+
+/// Opens the log in `config.dir`, creating it if needed, and recovers what it holds.
+pub async fn open(config: &LogConfig) -> Result<(Recovered, Batcher, Segments), Error> {
+    assert!(config.segment_bytes % block_bytes == 0 && config.segment_bytes >= segment_bytes_min);
+    std::fs::create_dir_all(&config.dir).map_err(|error| Error::io("creating", &config.dir, error))?;
+    let mut indexes = Vec::new();
+    let entries = std::fs::read_dir(&config.dir).map_err(|error| Error::io("listing", &config.dir, error))?;
+    for entry in entries {
+        let path = entry.map_err(|error| Error::io("listing", &config.dir, error))?.path();
+        if path.extension().is_some_and(|extension| extension == "tmp") {
+            // A segment whose preparation was interrupted: never part of the log.
+            std::fs::remove_file(&path).map_err(|error| Error::io("removing", &path, error))?;
+        } else if let Some(index) = segment_index(&path) {
+            indexes.push(index);
+        }
+    }
+    indexes.sort_unstable();
+
+    let mut records = Vec::new();
+    let mut next_lsn = Lsn(1);
+    let mut cut = None;
+    let mut current: Option<Current> = None;
+    let mut spare: Option<(u32, File)> = None;
+    let mut ended = false;
+    for index in indexes.iter().copied() {
+        let path = segment_path(&config.dir, index);
+        let file = File::open(&path).await?;
+        let bytes = read_whole(&file).await?;
+        let continues = format::starts_with_batch(&bytes);
+        if ended || (current.is_some() && !continues) {
+            // Past the end of the log: only zeroed segments may be here.
+            if continues {
+                return Err(corrupt(
+                    &path,
+                    0,
+                    "the log ended in an earlier segment, yet this one holds batches".into(),
+                ));
+            }
+            ended = true;
+            spare = spare.or(Some((index, file)));
+            continue;
+        }
+        if let Some(previous) = &current {
+            if previous.index + 1 != index {
+                return Err(corrupt(&path, 0, format!("segment {} is missing before this one", previous.index + 1)));
+            }
+        }
+        let scan =
+            format::scan_segment(&bytes, next_lsn).map_err(|damage| corrupt(&path, damage.offset, damage.why))?;
+        for (lsn, range) in &scan.records {
+            let mut payload = AlignedVec::<16>::with_capacity(range.len());
+            payload.extend_from_slice(&bytes[range.clone()]);
+            let record = codec::decode(&payload).map_err(|why| {
+                corrupt(&path, range.start as u64, format!("record {} does not decode: {why}", lsn.0))
+            })?;
+            records.push(record);
+            next_lsn = Lsn(lsn.0 + 1);
+        }
+        if let Some((offset, why)) = &scan.torn {
+            // Zero the reach of the torn write, so no fragment of it is read again later.
+            zero(&file, *offset, (offset + batch_bytes_max).min(bytes.len() as u64)).await?;
+            file.sync().await?;
+            cut = Some(format!("cut a torn final batch in {} at offset {offset}: {why}", path.display()));
+            ended = true;
+        }
+        current = Some(Current { index, file, offset: scan.end, size: bytes.len() as u64 });
+    }
+    let current = match current {
+        Some(current) => current,
+        None => {
+            let (index, file) = match spare.take() {
+                Some(spare) => spare,
+                None => (0, prepare(&config.dir, 0, config.segment_bytes).await?),
+            };
+            Current { index, file, offset: 0, size: config.segment_bytes }
+        }
+    };
+    let recovered = Recovered { records, next_lsn, segments: indexes.len(), cut };
+    let batch_bytes_limit = batch_bytes_max.min(config.segment_bytes / 2);
+    let batcher =
+        Batcher { builder: BatchBuilder::new(next_lsn), sealed: VecDeque::new(), pending_bytes: 0, batch_bytes_limit };
+    let segments =
+        Segments { dir: config.dir.clone(), segment_bytes: config.segment_bytes, current, spare, poisoned: None };
+    Ok((recovered, batcher, segments))
+}
+
+async fn read_whole(file: &File) -> Result<Vec<u8>, Error> {
+    let size = file.size().await?;
+    if size % block_bytes != 0 {
+        let why = format!("its size of {size} bytes is not a whole number of {block_bytes}-byte blocks");
+        return Err(corrupt(file.path(), size, why));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    let mut offset = 0;
+    while offset < size {
+        let len = read_chunk_bytes.min(size - offset);
+        bytes.extend_from_slice(&file.read(offset, len as usize).await?);
+        offset += len;
+    }
+    Ok(bytes)
+}
+
+async fn zero(file: &File, from: u64, to: u64) -> Result<(), Error> {
+    let zeros = vec![0u8; zero_chunk_bytes as usize];
+    let mut offset = from;
+    while offset < to {
+        let len = zero_chunk_bytes.min(to - offset);
+        file.write(offset, &zeros[..len as usize]).await?;
+        offset += len;
+    }
+    Ok(())
+}
+
+/// Creates segment `index`, zero-filled and durable, under its final name.
+async fn prepare(dir: &Path, index: u32, size: u64) -> Result<File, Error> {
+    let path = segment_path(dir, index);
+    let mut temporary = path.clone();
+    temporary.set_extension("seg.tmp");
+    let mut file = File::create(&temporary).await?;
+    zero(&file, 0, size).await?;
+    file.sync().await?;
+    file.rename(&path).await?;
+    file::sync_directory(dir).await?;
+    Ok(file)
+}
+
+/// Fills batches: records go in as they are made, batches come out for [`Segments::write`].
+#[derive(Debug)]
+pub struct Batcher {
+    builder: BatchBuilder,
+    /// Batches closed because the next record would not fit.
+    sealed: VecDeque<SealedBatch>,
+    pending_bytes: u64,
+    /// The largest batch: `batch_bytes_max`, or half a segment if segments are small.
+    batch_bytes_limit: u64,
+}
+
+impl Batcher {
+    /// Adds a record to the current batch; returns its LSN.
+    pub fn append(&mut self, record: &Record) -> Result<Lsn, Error> {
+        let payload = codec::encode(record)?;
+        let max = record_bytes_max.min(self.batch_bytes_limit as usize - 64);
+        if payload.len() > max {
+            return Err(Error::RecordTooLarge { bytes: payload.len(), max });
+        }
+        if self.builder.len_with(payload.len()) > self.batch_bytes_limit {
+            self.sealed.push_back(self.builder.seal());
+        }
+        let before = self.builder.len_with(0);
+        let lsn = self.builder.push(&payload);
+        self.pending_bytes += self.builder.len_with(0) - before;
+        Ok(lsn)
+    }
+
+    /// Bytes appended and not yet handed out for writing: what the caller may bound.
+    pub fn pending_bytes(&self) -> u64 {
+        self.pending_bytes
+    }
+
+    /// The next batch to write, if any record waits.
+    pub fn next_batch(&mut self) -> Option<SealedBatch> {
+        let batch = match self.sealed.pop_front() {
+            Some(batch) => batch,
+            None if !self.builder.is_empty() => self.builder.seal(),
+            None => return None,
+        };
+        self.pending_bytes = self.pending_bytes.saturating_sub(batch.bytes.len() as u64);
+        if self.sealed.is_empty() && self.builder.is_empty() {
+            self.pending_bytes = 0;
+        }
+        Some(batch)
+    }
+}
+
+/// The segment files: one batch at a time goes in with one write and one sync.
+#[derive(Debug)]
+pub struct Segments {
+    dir: PathBuf,
+    segment_bytes: u64,
+    current: Current,
+    /// The next segment, zero-filled ahead of need.
+    spare: Option<(u32, File)>,
+    poisoned: Option<String>,
+}
+
+impl Segments {
+    /// Writes a batch and makes it durable. A failure poisons the log for good.
+    pub async fn write(&mut self, batch: &SealedBatch) -> Result<(), Error> {
+        if let Some(why) = &self.poisoned {
+            return Err(Error::Poisoned(why.clone()));
+        }
+        let outcome = self.write_unpoisoned(batch).await;
+        if let Err(error) = &outcome {
+            self.poisoned = Some(error.to_string());
+        }
+        outcome
+    }
+
+    async fn write_unpoisoned(&mut self, batch: &SealedBatch) -> Result<(), Error> {
+        let len = batch.bytes.len() as u64;
+        assert!(len % block_bytes == 0 && len <= batch_bytes_max);
+        if self.current.offset + len > self.current.size {
+            let (index, file) = match self.spare.take() {
+                Some(spare) => spare,
+                None => {
+                    let index = self.current.index + 1;
+                    (index, prepare(&self.dir, index, self.segment_bytes).await?)
+                }
+            };
+            let size = file.size().await?;
+            self.current = Current { index, file, offset: 0, size };
+        }
+        self.current.file.write(self.current.offset, &batch.bytes).await?;
+        self.current.file.sync().await?;
+        self.current.offset += len;
+        Ok(())
+    }
+
+    /// Prepares the next segment once the current one is half full, so that rolling over
+    /// does not wait for zero-filling. Call it while no batch is waiting.
+    pub async fn prepare_spare(&mut self) -> Result<(), Error> {
+        if self.spare.is_some() || self.poisoned.is_some() || self.current.offset < self.current.size / 2 {
+            return Ok(());
+        }
+        let index = self.current.index + 1;
+        match prepare(&self.dir, index, self.segment_bytes).await {
+            Ok(file) => {
+                self.spare = Some((index, file));
+                Ok(())
+            }
+            Err(error) => {
+                self.poisoned = Some(error.to_string());
+                Err(error)
+            }
+        }
+    }
+
+    /// Why the log refuses work, if it does.
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+}
+
+/// Drops everything from `offset` in `segment` on: zeroes the rest of that segment and
+/// removes the segments after it. The explicit, operator-run answer to damage in the middle
+/// of a log; records after the offset are lost.
+pub fn truncate(segment: &Path, offset: u64) -> Result<Vec<PathBuf>, Error> {
+    let index = segment_index(segment).ok_or_else(|| {
+        let why = std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a segment file (NNNNNNNN.seg)");
+        Error::io("truncating", segment, why)
+    })?;
+    let mut file =
+        std::fs::OpenOptions::new().write(true).open(segment).map_err(|error| Error::io("opening", segment, error))?;
+    let size = file.metadata().map_err(|error| Error::io("reading the size of", segment, error))?.len();
+    file.seek(SeekFrom::Start(offset)).map_err(|error| Error::io("seeking in", segment, error))?;
+    let zeros = vec![0u8; zero_chunk_bytes as usize];
+    let mut at = offset;
+    while at < size {
+        let len = zero_chunk_bytes.min(size - at) as usize;
+        file.write_all(&zeros[..len]).map_err(|error| Error::io("zeroing", segment, error))?;
+        at += len as u64;
+    }
+    file.sync_all().map_err(|error| Error::io("syncing", segment, error))?;
+    let dir = segment.parent().unwrap_or(Path::new("."));
+    let mut removed = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|error| Error::io("listing", dir, error))?;
+    for entry in entries {
+        let path = entry.map_err(|error| Error::io("listing", dir, error))?.path();
+        if segment_index(&path).is_some_and(|later| later > index) {
+            std::fs::remove_file(&path).map_err(|error| Error::io("removing", &path, error))?;
+            removed.push(path);
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The log against real files through glommio: records come back after a restart, a
+    //! torn final batch is cut, damage in the middle stops recovery with its place and the
+    //! command that truncates there, segments roll over.
+
+    use std::future::Future;
+
+    use statefun_core::{Entry, UnixMillis};
+
+    use super::*;
+
+    fn run<T: Send + 'static>(test: impl FnOnce() -> Box<dyn Future<Output = T>> + Send + 'static) -> T {
+        let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .spawn(move || async move { Box::into_pin(test()).await });
+        executor.unwrap().join().unwrap()
+    }
+
+    fn directory(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("statefun-log-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    fn record(n: u64, bytes: usize) -> Record {
+        let mut record = crate::codec::tests::samples()[(n % 8) as usize].clone();
+        record.at = UnixMillis(n);
+        if let Entry::Admitted { envelope, .. } = &mut record.entry {
+            envelope.value.value = vec![n as u8; bytes].into();
+        }
+        record
+    }
+
+    /// Appends `count` records in batches of `per_batch`, each batch written and synced.
+    async fn write(config: &LogConfig, from: u64, count: u64, per_batch: u64, bytes: usize) -> Vec<Record> {
+        let (_, mut batcher, mut segments) = open(config).await.unwrap();
+        let mut written = Vec::new();
+        for n in from..from + count {
+            let record = record(n, bytes);
+            batcher.append(&record).unwrap();
+            written.push(record);
+            if (n + 1) % per_batch == 0 {
+                while let Some(batch) = batcher.next_batch() {
+                    segments.write(&batch).await.unwrap();
+                }
+            }
+        }
+        while let Some(batch) = batcher.next_batch() {
+            segments.write(&batch).await.unwrap();
+        }
+        written
+    }
+
+    fn config(dir: &Path) -> LogConfig {
+        LogConfig { dir: dir.to_owned(), segment_bytes: segment_bytes_min }
+    }
+
+    #[test]
+    fn records_come_back_across_restarts_and_segments() {
+        let dir = directory("restart");
+        let config = config(&dir);
+        let (recovered, written) = run(move || {
+            Box::new(async move {
+                let mut written = write(&config, 0, 300, 7, 100).await;
+                // Enough bytes to fill several 1 MiB segments.
+                written.extend(write(&config, 300, 240, 3, 60_000).await);
+                let (recovered, _, _) = open(&config).await.unwrap();
+                (recovered, written)
+            })
+        });
+        assert_eq!(recovered.records, written);
+        assert_eq!(recovered.next_lsn, Lsn(541));
+        assert!(recovered.cut.is_none());
+        assert!(recovered.segments >= 3, "rolled over into {} segments", recovered.segments);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn damage(path: &Path, offset: u64) {
+        let mut bytes = std::fs::read(path).unwrap();
+        bytes[offset as usize] ^= 0x5a;
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_reported() {
+        let dir = directory("torn");
+        let config = config(&dir);
+        let segment = segment_path(&dir, 0);
+        let written = run({
+            let config = config.clone();
+            move || Box::new(async move { write(&config, 0, 40, 10, 200).await })
+        });
+        // The fourth batch: find it by scanning, then damage it as a torn write would.
+        let bytes = std::fs::read(&segment).unwrap();
+        let scan = format::scan_segment(&bytes, Lsn(1)).unwrap();
+        let last_batch = (scan.records[30].1.start as u64 / block_bytes) * block_bytes;
+        damage(&segment, last_batch + 200);
+        let (recovered, after) = run(move || {
+            Box::new(async move {
+                let (recovered, _, _) = open(&config).await.unwrap();
+                let after = write(&config, 30, 5, 5, 10).await;
+                (recovered, after)
+            })
+        });
+        assert_eq!(recovered.records, written[..30]);
+        let cut = recovered.cut.unwrap();
+        assert!(cut.contains(&format!("at offset {last_batch}")) && cut.contains("00000000.seg"), "{cut}");
+        let bytes = std::fs::read(&segment).unwrap();
+        let scan = format::scan_segment(&bytes, Lsn(1)).unwrap();
+        assert_eq!(scan.records.len(), 35, "the log goes on where it was cut");
+        assert_eq!(after.len(), 5);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn damage_in_the_middle_stops_recovery_until_truncated() {
+        let dir = directory("middle");
+        let config = config(&dir);
+        let segment = segment_path(&dir, 0);
+        run({
+            let config = config.clone();
+            move || Box::new(async move { write(&config, 0, 40, 10, 200).await })
+        });
+        let bytes = std::fs::read(&segment).unwrap();
+        let scan = format::scan_segment(&bytes, Lsn(1)).unwrap();
+        let second_batch = (scan.records[10].1.start as u64 / block_bytes) * block_bytes;
+        damage(&segment, second_batch + 300);
+        let error = run({
+            let config = config.clone();
+            move || Box::new(async move { open(&config).await.unwrap_err() })
+        });
+        let text = error.to_string();
+        assert!(matches!(error, Error::Corrupt { offset, .. } if offset == second_batch), "{text}");
+        let fix = format!("statefun log truncate {} {second_batch}", segment.display());
+        assert!(text.contains("00000000.seg") && text.contains(&fix), "{text}");
+        truncate(&segment, second_batch).unwrap();
+        let recovered = run(move || Box::new(async move { open(&config).await.unwrap().0 }));
+        assert_eq!(recovered.records.len(), 10);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_poisoned_log_refuses_writes() {
+        let dir = directory("poison");
+        let config = config(&dir);
+        let (first, second) = run(move || {
+            Box::new(async move {
+                let (_, mut batcher, mut segments) = open(&config).await.unwrap();
+                segments.poisoned = Some("fdatasync failed: EIO".into());
+                batcher.append(&record(1, 10)).unwrap();
+                let batch = batcher.next_batch().unwrap();
+                (segments.write(&batch).await.unwrap_err().to_string(), segments.poisoned().map(str::to_string))
+            })
+        });
+        assert!(first.contains("refuses new work") && first.contains("EIO"), "{first}");
+        assert!(second.is_some());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
