@@ -8,6 +8,7 @@
 //! - An `Idempotency-Key` header makes either safe to retry: a request with a key seen before
 //!   (within the retention window) gets the first outcome and is not applied again.
 //! - `GET /v1/health`: `200` once the shard serves.
+//! - `GET /metrics`: every shard's counters, in Prometheus text.
 
 use std::convert::Infallible;
 use std::rc::Rc;
@@ -97,6 +98,12 @@ enum Kind {
 
 async fn handle(node: &Rc<ShardNode>, request: HttpRequest<Incoming>, call_timeout: Duration) -> Reply {
     let path = request.uri().path().to_owned();
+    if path == "/metrics" {
+        let mut reply = text(StatusCode::OK, node.metrics_text());
+        let version = header::HeaderValue::from_static("text/plain; version=0.0.4");
+        reply.headers_mut().insert(header::CONTENT_TYPE, version);
+        return reply;
+    }
     if path == "/v1/health" {
         return match *request.method() {
             Method::GET => text(StatusCode::OK, "ok"),

@@ -28,6 +28,7 @@
 pub mod examples;
 mod ingress;
 pub mod limits;
+mod metrics;
 mod node;
 mod rt;
 pub mod shard;

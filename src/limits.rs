@@ -15,6 +15,11 @@ pub const http_connections_per_shard_max: u64 = 4096;
 /// Bytes in one HTTP request body: the largest message value, see the core limit.
 pub const http_body_bytes_max: usize = statefun_core::limits::value_bytes_max;
 
+/// Log bytes a shard may have appended and not yet handed to the disk. Past it the shard
+/// stops running invocations until the disk catches up: the pushback of a slow disk. Two
+/// full batches: one being written, one filling.
+pub const unsynced_bytes_max: u64 = 2 * statefun_storage::limits::batch_bytes_max;
+
 /// Bytes read from a socket per call before handing them to the HTTP parser.
 pub const http_read_chunk_bytes_max: usize = 16 * 1024;
 

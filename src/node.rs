@@ -8,23 +8,22 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use statefun_core::{limits as core_limits, Registry, Retention, Routing, ShardId};
 
+use statefun_storage::{Batcher, LogConfig, Recovered, Segments};
+
 use crate::limits;
+use crate::metrics::Metrics;
 use crate::rt::{self, ExecutorJoinHandle};
-use crate::shard::{MeshMessage, ShardNode};
+use crate::shard::{Journal, MeshMessage, ShardNode};
 
 /// How committed a record is before its effects leave the shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Durability {
+    /// Every batch of records is written and fdatasync'ed before its effects leave.
+    Fsync,
+    /// As `fsync`, but at most one fdatasync per `--fsync-interval-ms`: fewer, larger batches.
+    Interval,
     /// No log: effects leave as soon as the invocation ran. State is lost on exit.
     Memory,
-}
-
-impl std::fmt::Display for Durability {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Durability::Memory => f.write_str("memory (no log: state is lost on exit)"),
-        }
-    }
 }
 
 /// Everything a node needs to start.
@@ -35,6 +34,10 @@ pub struct Config {
     /// Where the HTTP ingress listens; port 0 picks a free port.
     pub http: SocketAddr,
     pub durability: Durability,
+    /// The period of `interval` durability.
+    pub fsync_interval: Duration,
+    /// The size of a log segment file.
+    pub segment_bytes: u64,
     pub data_dir: PathBuf,
     /// How long `/v1/call` waits for the function's reply.
     pub call_timeout: Duration,
@@ -50,12 +53,52 @@ impl Config {
         Config {
             shards: u16::try_from(rt::online_cpus()).unwrap_or(1),
             http: SocketAddr::from(([127, 0, 0, 1], 8070)),
-            durability: Durability::Memory,
+            durability: Durability::Fsync,
+            fsync_interval: Duration::from_millis(5),
+            segment_bytes: statefun_storage::limits::segment_bytes_default,
             data_dir: PathBuf::from("data"),
             call_timeout: Duration::from_secs(10),
             spin_before_park: None,
             retention: Retention::default(),
         }
+    }
+}
+
+impl Config {
+    /// The durability in words, for the start-up line.
+    pub fn durability_text(&self) -> String {
+        match self.durability {
+            Durability::Fsync => "fsync (every commit is fdatasync'ed before its effects leave)".to_string(),
+            Durability::Interval => {
+                format!("interval (fdatasync every {} ms; effects leave after it)", self.fsync_interval.as_millis())
+            }
+            Durability::Memory => "memory (no log: state is lost on exit)".to_string(),
+        }
+    }
+
+    /// The log directory of a shard.
+    pub fn log_dir(&self, shard: ShardId) -> PathBuf {
+        self.data_dir.join(format!("shard-{}", shard.0)).join("log")
+    }
+}
+
+/// The layout file says which shard count wrote the data directory: until snapshots can
+/// move key groups between shards, a node must restart with the same count.
+fn check_layout(config: &Config) -> anyhow::Result<()> {
+    let path = config.data_dir.join("layout");
+    let layout = format!("shards={}\nkey_groups={}\n", config.shards, core_limits::key_groups_max);
+    match std::fs::read_to_string(&path) {
+        Ok(existing) if existing == layout => Ok(()),
+        Ok(existing) => bail!(
+            "{} was written by a node with a different layout ({}); start with the same --shards \
+             (moving state between shard counts comes with snapshots)",
+            config.data_dir.display(),
+            existing.trim().replace('\n', ", ")
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, layout).with_context(|| format!("cannot write {}", path.display()))
+        }
+        Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
     }
 }
 
@@ -76,6 +119,9 @@ impl Node {
         }
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
+        if config.durability != Durability::Memory {
+            check_layout(&config)?;
+        }
         // Bind once without SO_REUSEPORT: this fails if anyone else holds the port (the
         // shards' own sockets share it), and resolves port 0 to a real port.
         let probe = std::net::TcpListener::bind(config.http)
@@ -87,6 +133,7 @@ impl Node {
         let routing = Routing::new(shards);
         registry.register_endpoint(statefun_core::requests::request_type())?;
         let registry = Arc::new(registry);
+        let metrics = Arc::new(Metrics::new(shards));
         let mut links = mesh(shards);
         let (ready_sender, ready) = mpsc::channel::<Result<ShardId, String>>();
         let mut executors = Vec::with_capacity(usize::from(shards));
@@ -96,6 +143,10 @@ impl Node {
             let ready = ready_sender.clone();
             let call_timeout = config.call_timeout;
             let retention = config.retention;
+            let metrics = metrics.clone();
+            let log = (config.durability != Durability::Memory)
+                .then(|| LogConfig { dir: config.log_dir(id), segment_bytes: config.segment_bytes });
+            let interval = (config.durability == Durability::Interval).then_some(config.fsync_interval);
             let executor =
                 rt::start_pinned(&format!("shard-{index}"), index, config.spin_before_park, move || async move {
                     // Every channel end waits for its other end: connect them all at once, or two
@@ -113,8 +164,23 @@ impl Node {
                         connected.push((peer, sender, receiver));
                     }
                     tracing::debug!("{id}: mesh connected");
-                    let node = ShardNode::new(id, routing, registry, retention);
-                    node.start(connected);
+                    let (journal, segments, records) = match &log {
+                        None => (None, None, Vec::new()),
+                        Some(log) => match recover(id, log).await {
+                            Ok((recovered, batcher, segments)) => {
+                                (Some(Journal::new(batcher, interval)), Some(segments), recovered.records)
+                            }
+                            Err(error) => {
+                                let dir = log.dir.display();
+                                let _ = ready.send(Err(format!("{id}: cannot recover the log in {dir}: {error}")));
+                                return;
+                            }
+                        },
+                    };
+                    let node = ShardNode::new(id, routing, registry, retention, journal, metrics);
+                    node.recover(&records);
+                    drop(records);
+                    node.start(connected, segments);
                     let listener = match rt::TcpListener::bind(http) {
                         Ok(listener) => listener,
                         Err(error) => {
@@ -146,6 +212,22 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// Opens a shard's log and reports what recovery found.
+async fn recover(id: ShardId, log: &LogConfig) -> Result<(Recovered, Batcher, Segments), statefun_storage::Error> {
+    let started = std::time::Instant::now();
+    let (recovered, batcher, segments) = statefun_storage::open(log).await?;
+    if let Some(cut) = &recovered.cut {
+        tracing::warn!("{id}: {cut}");
+    }
+    tracing::info!(
+        "{id}: recovered {} records from {} segments in {} ms",
+        recovered.records.len(),
+        recovered.segments,
+        started.elapsed().as_millis()
+    );
+    Ok((recovered, batcher, segments))
 }
 
 /// One shard's ends of the mesh: for every peer, the sender to it and the receiver from it.

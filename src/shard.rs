@@ -18,10 +18,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_channel::oneshot;
 use statefun_core::{
-    limits as core_limits, Address, Envelope, Outcome, Output, Registry, RequestKey, Retention, Routing, ShardId,
-    TypedValue, UnixMillis, Waiter, Want,
+    limits as core_limits, Address, Envelope, Error, Outcome, Output, Record, Registry, RequestKey, Retention, Routing,
+    ShardId, TypedValue, UnixMillis, Waiter, Want,
 };
 
+use statefun_storage::{Batcher, Segments};
+
+use crate::limits;
+use crate::metrics::{Metrics, ShardMetrics};
 use crate::rt::{self, Signal};
 
 /// What shards say to each other.
@@ -45,13 +49,31 @@ struct Outbox {
     signal: Rc<Signal>,
 }
 
-/// Counters of one shard, read by tests and (later) metrics.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub invocations: Cell<u64>,
-    /// Ingress requests whose target another shard owns.
-    pub forwarded: Cell<u64>,
-    pub egress: Cell<u64>,
+/// The log of a shard in `fsync` or `interval` durability: records wait here from the
+/// moment they are made until they are durable.
+#[derive(Debug)]
+pub struct Journal {
+    batcher: RefCell<Batcher>,
+    /// Records appended and not yet released, in log order.
+    unsynced: RefCell<VecDeque<Record>>,
+    /// How many of `unsynced` the committer has made durable.
+    durable: Cell<usize>,
+    /// Wakes the committer.
+    pending: Rc<Signal>,
+    /// `interval` durability: at most one sync per this period.
+    interval: Option<Duration>,
+}
+
+impl Journal {
+    pub fn new(batcher: Batcher, interval: Option<Duration>) -> Journal {
+        Journal {
+            batcher: RefCell::new(batcher),
+            unsynced: RefCell::default(),
+            durable: Cell::new(0),
+            pending: Rc::default(),
+            interval,
+        }
+    }
 }
 
 /// One shard's node-side state. See the module documentation.
@@ -60,8 +82,12 @@ pub struct ShardNode {
     pub id: ShardId,
     pub routing: Routing,
     pub registry: Arc<Registry>,
-    pub stats: Stats,
+    metrics: Arc<Metrics>,
     core: RefCell<statefun_core::Shard>,
+    /// `None` in `memory` durability.
+    journal: Option<Journal>,
+    /// Why the log failed; from then on the shard refuses work.
+    poisoned: RefCell<Option<String>>,
     work: Rc<Signal>,
     outboxes: Vec<Option<Outbox>>,
     /// HTTP exchanges of this shard waiting for an outcome, by number.
@@ -78,7 +104,14 @@ pub fn now() -> UnixMillis {
 }
 
 impl ShardNode {
-    pub fn new(id: ShardId, routing: Routing, registry: Arc<Registry>, retention: Retention) -> Rc<ShardNode> {
+    pub fn new(
+        id: ShardId,
+        routing: Routing,
+        registry: Arc<Registry>,
+        retention: Retention,
+        journal: Option<Journal>,
+        metrics: Arc<Metrics>,
+    ) -> Rc<ShardNode> {
         let outboxes = (0..routing.shards()).map(|peer| (peer != id.0).then(Outbox::default)).collect();
         let boot = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_nanos() as u64;
         Rc::new(ShardNode {
@@ -86,7 +119,9 @@ impl ShardNode {
             routing,
             core: RefCell::new(statefun_core::Shard::new(id, routing, registry.clone(), retention)),
             registry,
-            stats: Stats::default(),
+            metrics,
+            journal,
+            poisoned: RefCell::default(),
             work: Rc::default(),
             outboxes,
             exchanges: RefCell::default(),
@@ -95,8 +130,35 @@ impl ShardNode {
         })
     }
 
-    /// Starts the tasks of this shard: the core loop, and a sender and a receiver per peer.
-    pub fn start(self: &Rc<Self>, links: Vec<(ShardId, rt::Sender<MeshMessage>, rt::Receiver<MeshMessage>)>) {
+    /// Every shard's counters in Prometheus text.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+
+    fn metrics(&self) -> &ShardMetrics {
+        &self.metrics.shards[usize::from(self.id.0)]
+    }
+
+    /// Rebuilds the shard from its committed records, before it starts.
+    pub fn recover(&self, records: &[Record]) {
+        let mut core = self.core.borrow_mut();
+        for record in records {
+            core.replay(record);
+        }
+        core.recovered();
+    }
+
+    /// Starts the tasks of this shard: the core loop, the committer of its log, and a
+    /// sender and a receiver per peer.
+    pub fn start(
+        self: &Rc<Self>,
+        links: Vec<(ShardId, rt::Sender<MeshMessage>, rt::Receiver<MeshMessage>)>,
+        segments: Option<Segments>,
+    ) {
+        if let Some(segments) = segments {
+            let node = self.clone();
+            rt::spawn_local(async move { node.committer(segments).await }).detach();
+        }
         for (peer, sender, receiver) in links {
             let node = self.clone();
             rt::spawn_local(async move { node.drain_outbox(peer, sender).await }).detach();
@@ -118,19 +180,21 @@ impl ShardNode {
         let mut ticked_at = UnixMillis(0);
         loop {
             let now = now();
-            let ran = {
-                let mut core = self.core.borrow_mut();
-                if now.0 >= ticked_at.0 + 1_000 {
-                    core.tick(now);
-                    ticked_at = now;
-                }
-                core.fire_timers(now);
-                core.run(now, core_limits::invocations_per_turn_max)
-            };
-            self.stats.invocations.set(self.stats.invocations.get() + ran as u64);
+            if self.accepts_work() {
+                let ran = {
+                    let mut core = self.core.borrow_mut();
+                    if now.0 >= ticked_at.0 + 1_000 {
+                        core.tick(now);
+                        ticked_at = now;
+                    }
+                    core.fire_timers(now);
+                    core.run(now, core_limits::invocations_per_turn_max)
+                };
+                ShardMetrics::add(&self.metrics().invocations, ran as u64);
+            }
             self.commit();
             self.let_out();
-            if self.core.borrow().has_ready() {
+            if self.core.borrow().has_ready() && self.accepts_work() {
                 // A full turn: let the network tasks in before the next one.
                 futures_lite::future::yield_now().await;
                 continue;
@@ -143,12 +207,94 @@ impl ShardNode {
         }
     }
 
-    /// Commits the core's new records. With `--durability memory` a record is committed as
-    /// soon as it exists.
+    /// Whether the loop may make new records: not after the log failed, and not while the
+    /// log is behind by more than `unsynced_bytes_max` (the pushback of a slow disk).
+    fn accepts_work(&self) -> bool {
+        if self.poisoned.borrow().is_some() {
+            return false;
+        }
+        self.journal
+            .as_ref()
+            .is_none_or(|journal| journal.batcher.borrow().pending_bytes() <= limits::unsynced_bytes_max)
+    }
+
+    /// Moves the core's new records into the log and releases the ones the log made durable.
+    /// With `--durability memory` a record counts as committed as soon as it exists.
     fn commit(&self) {
         let mut core = self.core.borrow_mut();
+        let Some(journal) = &self.journal else {
+            while let Some(record) = core.poll_record() {
+                core.released(&record);
+            }
+            return;
+        };
+        let mut appended = false;
         while let Some(record) = core.poll_record() {
+            if let Err(error) = journal.batcher.borrow_mut().append(&record) {
+                // The record is applied in memory but can never be durable: stop here.
+                drop(core);
+                return self.poison(&error.to_string());
+            }
+            journal.unsynced.borrow_mut().push_back(record);
+            appended = true;
+        }
+        if appended {
+            journal.pending.notify();
+        }
+        let durable = journal.durable.replace(0);
+        let mut unsynced = journal.unsynced.borrow_mut();
+        for record in unsynced.drain(..durable) {
             core.released(&record);
+        }
+    }
+
+    /// The log failed: refuse work from now on, and never let out anything it did not make
+    /// durable.
+    fn poison(&self, why: &str) {
+        if self.poisoned.borrow().is_none() {
+            tracing::error!("{}: the log failed; this shard refuses new work until restarted: {why}", self.id);
+            *self.poisoned.borrow_mut() = Some(why.to_string());
+            ShardMetrics::add(&self.metrics().poisoned, 1);
+        }
+    }
+
+    /// Writes the log's batches, one write and one sync at a time, while the next batch
+    /// fills; between batches, prepares the next segment.
+    async fn committer(self: Rc<Self>, mut segments: Segments) {
+        let Some(journal) = &self.journal else { return };
+        let mut synced_at = std::time::Instant::now();
+        loop {
+            if self.poisoned.borrow().is_some() {
+                return;
+            }
+            if !journal.batcher.borrow().has_records() {
+                match segments.prepare_spare().await {
+                    Ok(true) => continue,
+                    Ok(false) => journal.pending.wait().await,
+                    Err(error) => return self.poison(&error.to_string()),
+                }
+                continue;
+            }
+            if let Some(interval) = journal.interval {
+                let wait = interval.saturating_sub(synced_at.elapsed());
+                if !wait.is_zero() {
+                    rt::sleep(wait).await;
+                }
+            }
+            let batch = journal.batcher.borrow_mut().next_batch();
+            let Some(batch) = batch else { continue };
+            match segments.write(&batch).await {
+                Ok(()) => {
+                    synced_at = std::time::Instant::now();
+                    journal.durable.set(journal.durable.get() + batch.records as usize);
+                    let metrics = self.metrics();
+                    ShardMetrics::add(&metrics.log_batches, 1);
+                    ShardMetrics::add(&metrics.log_records, u64::from(batch.records));
+                    ShardMetrics::add(&metrics.log_bytes, batch.bytes.len() as u64);
+                    self.work.notify();
+                }
+                Err(error) => return self.poison(&error.to_string()),
+            }
         }
     }
 
@@ -166,7 +312,7 @@ impl ShardNode {
                 Output::Ack { peer, seq } => self.push(peer, MeshMessage::Ack { from: self.id, seq }),
                 Output::Answer { waiter, outcome } => self.answer(waiter, outcome),
                 Output::Egress(egress) => {
-                    self.stats.egress.set(self.stats.egress.get() + 1);
+                    ShardMetrics::add(&self.metrics().egress, 1);
                     tracing::debug!(egress = %egress.egress, bytes = egress.value.value.len(), "egress record");
                 }
             }
@@ -198,6 +344,16 @@ impl ShardNode {
     }
 
     fn handle(&self, message: MeshMessage) {
+        if self.poisoned.borrow().is_some() {
+            // Nothing can be committed: peers keep their messages until this shard restarts,
+            // and requests are refused.
+            if let MeshMessage::Request { waiter, .. } = message {
+                self.refuse_poisoned(waiter);
+            } else if let MeshMessage::Answer { seq, outcome } = message {
+                self.settle(seq, outcome);
+            }
+            return;
+        }
         match message {
             MeshMessage::Request { target, value, request, waiter, want } => {
                 self.submit(target, value, request, waiter, want);
@@ -214,8 +370,16 @@ impl ShardNode {
         }
     }
 
+    fn refuse_poisoned(&self, waiter: Waiter) {
+        let why = self.poisoned.borrow().clone().unwrap_or_default();
+        self.answer(waiter, Outcome::Refused(Error::Poisoned(format!("{}: {why}", self.id))));
+    }
+
     /// Hands an ingress request to the core of this shard, which owns its target.
     fn submit(&self, target: Address, value: TypedValue, request: RequestKey, waiter: Waiter, want: Want) {
+        if self.poisoned.borrow().is_some() {
+            return self.refuse_poisoned(waiter);
+        }
         let submitted = self.core.borrow_mut().request(now(), target, value, request, Some((waiter, want)));
         match submitted {
             Ok(()) => self.work.notify(),
@@ -258,7 +422,7 @@ impl ShardNode {
         if owner == self.id {
             self.submit(target, value, request, waiter, want);
         } else {
-            self.stats.forwarded.set(self.stats.forwarded.get() + 1);
+            ShardMetrics::add(&self.metrics().forwarded, 1);
             self.push(owner, MeshMessage::Request { target, value, request, waiter, want });
         }
         Exchange { node: self.clone(), seq, receiver }

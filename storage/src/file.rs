@@ -4,7 +4,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use glommio::io::{Directory, DmaFile, OpenOptions};
+use glommio::io::{DmaFile, OpenOptions};
 use glommio::GlommioError;
 
 use crate::Error;
@@ -31,8 +31,10 @@ impl File {
         Ok(File { file, path: path.to_owned() })
     }
 
+    /// Creates a file for reading and writing (empty if it existed).
     pub async fn create(path: &Path) -> Result<File, Error> {
-        let file = DmaFile::create(path).await.map_err(|error| Error::io("creating", path, io_error(error)))?;
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).dma_open(path).await;
+        let file = file.map_err(|error| Error::io("creating", path, io_error(error)))?;
         Ok(File { file, path: path.to_owned() })
     }
 
@@ -84,8 +86,9 @@ impl File {
     }
 }
 
-/// Makes the entries of a directory (created and renamed files) durable.
+/// Makes the entries of a directory (created and renamed files) durable. A blocking call,
+/// made once per segment.
 pub async fn sync_directory(path: &Path) -> Result<(), Error> {
-    let directory = Directory::open(path).await.map_err(|error| Error::io("opening", path, io_error(error)))?;
-    directory.sync().await.map_err(|error| Error::io("syncing", path, io_error(error)))
+    let directory = std::fs::File::open(path).map_err(|error| Error::io("opening", path, error))?;
+    directory.sync_all().map_err(|error| Error::io("syncing", path, error))
 }

@@ -140,8 +140,14 @@ pub async fn open(config: &LogConfig) -> Result<(Recovered, Batcher, Segments), 
     let batch_bytes_limit = batch_bytes_max.min(config.segment_bytes / 2);
     let batcher =
         Batcher { builder: BatchBuilder::new(next_lsn), sealed: VecDeque::new(), pending_bytes: 0, batch_bytes_limit };
-    let segments =
-        Segments { dir: config.dir.clone(), segment_bytes: config.segment_bytes, current, spare, poisoned: None };
+    let segments = Segments {
+        dir: config.dir.clone(),
+        segment_bytes: config.segment_bytes,
+        current,
+        spare,
+        preparing: None,
+        poisoned: None,
+    };
     Ok((recovered, batcher, segments))
 }
 
@@ -213,6 +219,11 @@ impl Batcher {
         Ok(lsn)
     }
 
+    /// Whether any record waits to be written.
+    pub fn has_records(&self) -> bool {
+        !self.sealed.is_empty() || !self.builder.is_empty()
+    }
+
     /// Bytes appended and not yet handed out for writing: what the caller may bound.
     pub fn pending_bytes(&self) -> u64 {
         self.pending_bytes
@@ -241,6 +252,8 @@ pub struct Segments {
     current: Current,
     /// The next segment, zero-filled ahead of need.
     spare: Option<(u32, File)>,
+    /// The next segment while it is being zero-filled: its file and how far it got.
+    preparing: Option<(u32, File, u64)>,
     poisoned: Option<String>,
 }
 
@@ -261,13 +274,10 @@ impl Segments {
         let len = batch.bytes.len() as u64;
         assert!(len % block_bytes == 0 && len <= batch_bytes_max);
         if self.current.offset + len > self.current.size {
-            let (index, file) = match self.spare.take() {
-                Some(spare) => spare,
-                None => {
-                    let index = self.current.index + 1;
-                    (index, prepare(&self.dir, index, self.segment_bytes).await?)
-                }
-            };
+            while self.spare.is_none() {
+                self.prepare_step().await?;
+            }
+            let (index, file) = self.spare.take().unwrap_or_else(|| unreachable!("prepared above"));
             let size = file.size().await?;
             self.current = Current { index, file, offset: 0, size };
         }
@@ -277,23 +287,42 @@ impl Segments {
         Ok(())
     }
 
-    /// Prepares the next segment once the current one is half full, so that rolling over
-    /// does not wait for zero-filling. Call it while no batch is waiting.
-    pub async fn prepare_spare(&mut self) -> Result<(), Error> {
+    /// Does one step of preparing the next segment, once the current one is half full, so
+    /// that rolling over does not wait for zero-filling: one chunk of zeros per call, so a
+    /// batch never waits behind more than one chunk. Returns whether there is more to do.
+    pub async fn prepare_spare(&mut self) -> Result<bool, Error> {
         if self.spare.is_some() || self.poisoned.is_some() || self.current.offset < self.current.size / 2 {
-            return Ok(());
+            return Ok(false);
         }
-        let index = self.current.index + 1;
-        match prepare(&self.dir, index, self.segment_bytes).await {
-            Ok(file) => {
-                self.spare = Some((index, file));
-                Ok(())
-            }
-            Err(error) => {
-                self.poisoned = Some(error.to_string());
-                Err(error)
-            }
+        let step = self.prepare_step().await;
+        if let Err(error) = &step {
+            self.poisoned = Some(error.to_string());
         }
+        step
+    }
+
+    async fn prepare_step(&mut self) -> Result<bool, Error> {
+        let (index, file, done) = match self.preparing.take() {
+            Some(preparing) => preparing,
+            None => {
+                let index = self.current.index + 1;
+                let mut temporary = segment_path(&self.dir, index);
+                temporary.set_extension("seg.tmp");
+                (index, File::create(&temporary).await?, 0)
+            }
+        };
+        if done < self.segment_bytes {
+            let len = zero_chunk_bytes.min(self.segment_bytes - done);
+            zero(&file, done, done + len).await?;
+            self.preparing = Some((index, file, done + len));
+            return Ok(true);
+        }
+        let mut file = file;
+        file.sync().await?;
+        file.rename(&segment_path(&self.dir, index)).await?;
+        file::sync_directory(&self.dir).await?;
+        self.spare = Some((index, file));
+        Ok(false)
     }
 
     /// Why the log refuses work, if it does.
