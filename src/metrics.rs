@@ -29,6 +29,9 @@ impl ShardMetrics {
     }
 }
 
+/// Picks one counter out of a shard's.
+type Counter = fn(&ShardMetrics) -> &AtomicU64;
+
 /// The counters of all shards of a node.
 #[derive(Debug)]
 pub struct Metrics {
@@ -43,7 +46,7 @@ impl Metrics {
     /// The Prometheus text exposition of every counter, labelled by shard.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, fn(&ShardMetrics) -> &AtomicU64); 7] = [
+        let counters: [(&str, &str, Counter); 7] = [
             ("statefun_invocations_total", "Function invocations run.", |m| &m.invocations),
             ("statefun_forwarded_requests_total", "Ingress requests handed to another shard.", |m| &m.forwarded),
             ("statefun_egress_records_total", "Egress records published.", |m| &m.egress),
