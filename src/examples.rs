@@ -7,6 +7,9 @@
 //!   answers `0`, and each hop relays the answer plus one to whoever asked it, so the caller
 //!   gets `H` back. Each hop keeps its askers in a FIFO: replies from the next hop come back
 //!   in the order the requests went out.
+//! - `example/forward/{id}`: `COUNTER DELTA` sends `DELTA` on to `example/counter/COUNTER`
+//!   (usually on another shard) and replies `forwarded`: once the reply is out, the increment
+//!   is bound to be applied exactly once.
 //! - `example/reminder/{id}`: `remind MS TEXT` schedules `TEXT` in `MS` milliseconds,
 //!   replacing a pending reminder (a delayed message with a cancellation token); `cancel`
 //!   cancels it; `status` replies with the reminders that fired so far, comma-separated.
@@ -42,6 +45,7 @@ pub fn register(registry: &mut Registry) -> Result<(), Error> {
     registry.register(FunctionSpec::new(typename("counter"), counter).with_value(&COUNT))?;
     registry.register(FunctionSpec::new(typename("chain"), chain).with_value(&ASKERS))?;
     registry.register(FunctionSpec::new(typename("reminder"), reminder).with_value(&FIRED))?;
+    registry.register(FunctionSpec::new(typename("forward"), forward))?;
     Ok(())
 }
 
@@ -58,6 +62,16 @@ fn counter(context: &mut Context<'_>, message: &TypedValue) -> Result<(), Functi
     let count = count.checked_add(delta).ok_or_else(|| FunctionError(format!("{count} + {delta} overflows")))?;
     context.set(&COUNT, &count)?;
     context.reply(text("count", count.to_string()))
+}
+
+fn forward(context: &mut Context<'_>, message: &TypedValue) -> Result<(), FunctionError> {
+    let body = message.as_text()?.trim();
+    let usage = || FunctionError(format!("expected `COUNTER DELTA`, got {body:?}"));
+    let (counter, delta) = body.split_once(' ').ok_or_else(usage)?;
+    delta.parse::<i64>().map_err(|_| usage())?;
+    let target = Address::new(typename("counter"), counter)?;
+    context.send(target, text("delta", delta.to_string()))?;
+    context.reply(text("forward", "forwarded".to_string()))
 }
 
 /// Askers are kept as `namespace/type` and id pairs, separated by control characters that

@@ -3,21 +3,36 @@
 #![allow(dead_code)] // Each test file uses its own part of this module.
 
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A `statefun serve` process on a free port, killed when dropped.
+/// A `statefun serve` process on a free port, killed (SIGKILL) when dropped.
 pub struct Server {
     child: Child,
     pub url: String,
-    pub data_dir: std::path::PathBuf,
+    pub data_dir: PathBuf,
+    /// Whether dropping removes the data directory.
+    owns_data: bool,
+}
+
+/// A fresh data directory for a test.
+pub fn data_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("statefun-test-{}-{}", std::process::id(), unique()))
 }
 
 impl Server {
     /// Starts `statefun serve` with `args` (plus a free HTTP port and a fresh data
     /// directory) and waits until it serves.
     pub fn start(args: &[&str]) -> Server {
-        let data_dir = std::env::temp_dir().join(format!("statefun-test-{}-{}", std::process::id(), unique()));
+        let mut server = Server::start_in(&data_dir(), args);
+        server.owns_data = true;
+        server
+    }
+
+    /// Starts `statefun serve` on `data_dir`, which outlives the server.
+    pub fn start_in(data_dir: &Path, args: &[&str]) -> Server {
+        let data_dir = data_dir.to_owned();
         let mut child = Command::new(env!("CARGO_BIN_EXE_statefun"))
             .arg("serve")
             .args(["--http", "127.0.0.1:0", "--data-dir"])
@@ -30,12 +45,22 @@ impl Server {
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("read the start-up line");
+        if line.is_empty() {
+            let status = child.wait().expect("wait for statefun");
+            panic!("statefun serve exited before serving: {status}");
+        }
         let url = line
             .split_whitespace()
             .find(|word| word.starts_with("http://"))
             .unwrap_or_else(|| panic!("no URL in the start-up line {line:?}"))
             .to_string();
-        Server { child, url, data_dir }
+        Server { child, url, data_dir, owns_data: false }
+    }
+
+    /// Kills the server with SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub fn post(&self, path: &str, content_type: Option<&str>, body: &str) -> Reply {
@@ -54,7 +79,9 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        if self.owns_data {
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
     }
 }
 
@@ -78,6 +105,24 @@ pub fn post(url: &str, content_type: Option<&str>, body: &str) -> Reply {
         request = request.set("Content-Type", content_type);
     }
     reply(request.send_string(body))
+}
+
+/// A POST with an idempotency key, or the transport error (connection refused or reset,
+/// timeout) that a crashing server causes.
+pub fn try_post(url: &str, key: &str, body: &str, timeout: Duration) -> Result<Reply, String> {
+    let request = ureq::post(url)
+        .timeout(timeout)
+        .set("Content-Type", "application/vnd.example/text")
+        .set("Idempotency-Key", key);
+    match request.send_string(body) {
+        Ok(response) | Err(ureq::Error::Status(_, response)) => {
+            let status = response.status();
+            let content_type = response.header("Content-Type").unwrap_or_default().to_string();
+            let body = response.into_string().map_err(|error| error.to_string())?;
+            Ok(Reply { status, content_type, body })
+        }
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 pub fn get(url: &str) -> Reply {

@@ -1,0 +1,142 @@
+//! Exactly-once across crashes, with real processes: concurrent clients send counter
+//! increments with idempotency keys (straight to counters, and through `example/forward` on
+//! another shard) and retry every error; the server is killed with SIGKILL at random moments
+//! and restarted on the same data. At the end each counter must equal the number of distinct
+//! increments sent to it: none lost, none applied twice.
+//!
+//! `STATEFUN_CRASH_CYCLES` sets the number of kills (default 20); `STATEFUN_CRASH_SEED`
+//! replays a run's timing choices.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use statefun::core::{Address, Routing, TypeName};
+use support::{data_dir, eventually, try_post, Server};
+
+const CLIENTS: usize = 6;
+const COUNTERS: usize = 12;
+const SHARDS: u16 = 2;
+
+/// A tiny deterministic generator, so a failing run can be replayed from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below
+    }
+}
+
+/// Forwarder ids whose shard differs from their counter's, so the increment crosses shards.
+fn forwarder_for(counter: usize) -> String {
+    let routing = Routing::new(SHARDS);
+    let shard = |function: &str, id: &str| {
+        routing.shard_of(&Address::new(TypeName::parse(function).unwrap(), id).unwrap())
+    };
+    let counter_shard = shard("example/counter", &format!("c{counter}"));
+    (0..).map(|n| format!("f{counter}-{n}")).find(|id| shard("example/forward", id) != counter_shard).unwrap()
+}
+
+/// Sends one increment until it is acknowledged; returns the attempts it took.
+fn increment(url: &RwLock<String>, path: &str, key: &str, body: &str, expect: impl Fn(&str) -> bool) -> u32 {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let base = url.read().unwrap().clone();
+        match try_post(&format!("{base}{path}"), key, body, Duration::from_secs(5)) {
+            Ok(reply) if reply.status == 200 => {
+                assert!(expect(&reply.body), "{path} {key}: unexpected reply {:?}", reply.body);
+                return attempts;
+            }
+            Ok(reply) => assert!(
+                reply.status == 503 || reply.status == 504,
+                "{path} {key}: {} {}",
+                reply.status,
+                reply.body
+            ),
+            Err(_) => {} // The server is down or was killed mid-request.
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn acknowledged_increments_survive_sigkill_exactly_once() {
+    let cycles: u32 = std::env::var("STATEFUN_CRASH_CYCLES").ok().and_then(|text| text.parse().ok()).unwrap_or(20);
+    let seed: u64 = std::env::var("STATEFUN_CRASH_SEED").ok().and_then(|text| text.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
+    eprintln!("crash test: {cycles} cycles, STATEFUN_CRASH_SEED={seed}");
+    let data = data_dir();
+    let args = ["--shards", "2", "--log-segment-mib", "4"];
+    let server = Server::start_in(&data, &args);
+    let url = Arc::new(RwLock::new(server.url.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent: Arc<Vec<AtomicU64>> = Arc::new((0..COUNTERS).map(|_| AtomicU64::new(0)).collect());
+    let retries = Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let (url, stop, sent, retries) = (url.clone(), stop.clone(), sent.clone(), retries.clone());
+            thread::spawn(move || {
+                let mut rng = Rng(seed ^ (client as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                let mut done = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let counter = rng.next(COUNTERS as u64) as usize;
+                    let key = format!("s{seed}-c{client}-{done}");
+                    let attempts = if done % 2 == 0 {
+                        let path = format!("/v1/call/example/counter/c{counter}");
+                        increment(&url, &path, &key, "1", |body| body.parse::<i64>().is_ok())
+                    } else {
+                        let path = format!("/v1/call/example/forward/{}", forwarder_for(counter));
+                        increment(&url, &path, &key, &format!("c{counter} 1"), |body| body == "forwarded")
+                    };
+                    sent[counter].fetch_add(1, Ordering::Relaxed);
+                    retries.fetch_add(u64::from(attempts - 1), Ordering::Relaxed);
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+
+    let mut rng = Rng(seed);
+    let mut server = Some(server);
+    for _ in 0..cycles {
+        thread::sleep(Duration::from_millis(100 + rng.next(300)));
+        server.take().unwrap().kill();
+        thread::sleep(Duration::from_millis(rng.next(100)));
+        let restarted = Server::start_in(&data, &args);
+        *url.write().unwrap() = restarted.url.clone();
+        server = Some(restarted);
+    }
+    thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let total: u64 = clients.into_iter().map(|client| client.join().unwrap()).sum();
+    let server = server.unwrap();
+    eprintln!("crash test: {total} increments acknowledged, {} retries", retries.load(Ordering::Relaxed));
+    assert!(total > 100, "too little work to mean anything: {total}");
+    assert!(retries.load(Ordering::Relaxed) > 0, "no request ever hit a crash");
+
+    let count = |counter: usize| -> u64 {
+        let reply = try_post(&format!("{}/v1/call/example/counter/c{counter}", server.url), &format!("read-{counter}-{}", Instant::now().elapsed().as_nanos()), "0", Duration::from_secs(5)).unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.body.parse().unwrap()
+    };
+    for counter in 0..COUNTERS {
+        let expected = sent[counter].load(Ordering::Relaxed);
+        // Forwarded increments may still be on their way from the forwarder's outbox.
+        let reached = eventually(Duration::from_secs(10), || count(counter) >= expected);
+        let actual = count(counter);
+        assert!(reached && actual == expected, "counter c{counter}: {actual}, expected {expected} (seed {seed})");
+    }
+    server.kill();
+    let _ = std::fs::remove_dir_all(data);
+}
