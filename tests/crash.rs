@@ -38,9 +38,8 @@ impl Rng {
 /// Forwarder ids whose shard differs from their counter's, so the increment crosses shards.
 fn forwarder_for(counter: usize) -> String {
     let routing = Routing::new(SHARDS);
-    let shard = |function: &str, id: &str| {
-        routing.shard_of(&Address::new(TypeName::parse(function).unwrap(), id).unwrap())
-    };
+    let shard =
+        |function: &str, id: &str| routing.shard_of(&Address::new(TypeName::parse(function).unwrap(), id).unwrap());
     let counter_shard = shard("example/counter", &format!("c{counter}"));
     (0..).map(|n| format!("f{counter}-{n}")).find(|id| shard("example/forward", id) != counter_shard).unwrap()
 }
@@ -56,12 +55,9 @@ fn increment(url: &RwLock<String>, path: &str, key: &str, body: &str, expect: im
                 assert!(expect(&reply.body), "{path} {key}: unexpected reply {:?}", reply.body);
                 return attempts;
             }
-            Ok(reply) => assert!(
-                reply.status == 503 || reply.status == 504,
-                "{path} {key}: {} {}",
-                reply.status,
-                reply.body
-            ),
+            Ok(reply) => {
+                assert!(reply.status == 503 || reply.status == 504, "{path} {key}: {} {}", reply.status, reply.body)
+            }
             Err(_) => {} // The server is down or was killed mid-request.
         }
         thread::sleep(Duration::from_millis(20));
@@ -126,7 +122,13 @@ fn acknowledged_increments_survive_sigkill_exactly_once() {
     assert!(retries.load(Ordering::Relaxed) > 0, "no request ever hit a crash");
 
     let count = |counter: usize| -> u64 {
-        let reply = try_post(&format!("{}/v1/call/example/counter/c{counter}", server.url), &format!("read-{counter}-{}", Instant::now().elapsed().as_nanos()), "0", Duration::from_secs(5)).unwrap();
+        let reply = try_post(
+            &format!("{}/v1/call/example/counter/c{counter}", server.url),
+            &format!("read-{counter}-{}", Instant::now().elapsed().as_nanos()),
+            "0",
+            Duration::from_secs(5),
+        )
+        .unwrap();
         assert_eq!(reply.status, 200, "{}", reply.body);
         reply.body.parse().unwrap()
     };

@@ -42,8 +42,11 @@ impl File {
         &self.path
     }
 
-    pub async fn size(&self) -> Result<u64, Error> {
-        self.file.file_size().await.map_err(|error| Error::io("reading the size of", &self.path, io_error(error)))
+    /// The file's size. A `stat` of the path (glommio's own size query fails on some
+    /// descriptors here); the path is this file's as long as only this process renames it.
+    pub fn size(&self) -> Result<u64, Error> {
+        let metadata = std::fs::metadata(&self.path);
+        Ok(metadata.map_err(|error| Error::io("reading the size of", &self.path, error))?.len())
     }
 
     /// Reads `len` bytes at `offset`; both are block-aligned.
@@ -84,6 +87,25 @@ impl File {
         self.path = to.to_owned();
         Ok(())
     }
+}
+
+/// Lets glommio learn, from a file with real data on the device of `dir`, whether the device
+/// can be polled. glommio probes the device with a read on the first file it opens there
+/// (per executor) and caches the answer; on an empty file that read succeeds without touching
+/// the device, glommio wrongly concludes it can poll, and every later read fails with
+/// EOPNOTSUPP. Call this before the first file of a directory is opened.
+pub async fn probe_device(dir: &Path) -> Result<(), Error> {
+    let path = dir.join(".device-probe");
+    let block = vec![0u8; crate::limits::block_bytes as usize];
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&path)?;
+        std::io::Write::write_all(&mut file, &block)?;
+        file.sync_all()
+    };
+    write().map_err(|error| Error::io("writing", &path, error))?;
+    let probed = File::open(&path).await.map(drop);
+    std::fs::remove_file(&path).map_err(|error| Error::io("removing", &path, error))?;
+    probed
 }
 
 /// Makes the entries of a directory (created and renamed files) durable. A blocking call,

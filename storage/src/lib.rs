@@ -22,7 +22,7 @@ pub mod limits;
 mod log;
 
 pub use error::Error;
-pub use log::{open, truncate, Batcher, LogConfig, Recovered, Segments};
+pub use log::{open, segment_path, truncate, Batcher, LogConfig, Plan, Recovered, Recovery, Segments};
 
 /// A log sequence number: the place of a record in its shard's log, from 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -37,7 +37,8 @@ pub struct Recovered {
     pub cut: Option<String>,
 }
 
-fn segment_path(dir: &Path, index: u32) -> PathBuf {
+/// The file of segment `index` in `dir`.
+pub fn segment_path(dir: &Path, index: u32) -> PathBuf {
     dir.join(format!("{index:08}.seg"))
 }
 
@@ -76,66 +77,52 @@ pub async fn open(config: &LogConfig) -> Result<(Recovered, Batcher, Segments), 
         }
     }
     indexes.sort_unstable();
+    file::probe_device(&config.dir).await?;
 
-    let mut records = Vec::new();
-    let mut next_lsn = Lsn(1);
-    let mut cut = None;
-    let mut current: Option<Current> = None;
-    let mut spare: Option<(u32, File)> = None;
-    let mut ended = false;
+    let mut recovery = Recovery::new(&config.dir);
+    let mut files = Vec::new();
     for index in indexes.iter().copied() {
-        let path = segment_path(&config.dir, index);
-        let file = File::open(&path).await?;
+        let file = File::open(&segment_path(&config.dir, index)).await?;
         let bytes = read_whole(&file).await?;
-        let continues = format::starts_with_batch(&bytes);
-        if ended || (current.is_some() && !continues) {
-            // Past the end of the log: only zeroed segments may be here.
-            if continues {
-                return Err(corrupt(
-                    &path,
-                    0,
-                    "the log ended in an earlier segment, yet this one holds batches".into(),
-                ));
-            }
-            ended = true;
-            spare = spare.or(Some((index, file)));
-            continue;
-        }
-        if let Some(previous) = &current {
-            if previous.index + 1 != index {
-                return Err(corrupt(&path, 0, format!("segment {} is missing before this one", previous.index + 1)));
-            }
-        }
-        let scan =
-            format::scan_segment(&bytes, next_lsn).map_err(|damage| corrupt(&path, damage.offset, damage.why))?;
-        for (lsn, range) in &scan.records {
-            let mut payload = AlignedVec::<16>::with_capacity(range.len());
-            payload.extend_from_slice(&bytes[range.clone()]);
-            let record = codec::decode(&payload).map_err(|why| {
-                corrupt(&path, range.start as u64, format!("record {} does not decode: {why}", lsn.0))
-            })?;
-            records.push(record);
-            next_lsn = Lsn(lsn.0 + 1);
-        }
-        if let Some((offset, why)) = &scan.torn {
-            // Zero the reach of the torn write, so no fragment of it is read again later.
-            zero(&file, *offset, (offset + batch_bytes_max).min(bytes.len() as u64)).await?;
-            file.sync().await?;
-            cut = Some(format!("cut a torn final batch in {} at offset {offset}: {why}", path.display()));
-            ended = true;
-        }
-        current = Some(Current { index, file, offset: scan.end, size: bytes.len() as u64 });
+        recovery.segment(index, &bytes)?;
+        files.push((index, file, bytes.len() as u64));
     }
-    let current = match current {
-        Some(current) => current,
+    let plan = recovery.finish();
+    let mut cut = None;
+    if let Some((index, offset, why)) = &plan.torn {
+        // Zero the reach of the torn write, so no fragment of it is read again later.
+        let (_, file, size) =
+            files.iter().find(|(candidate, _, _)| candidate == index).unwrap_or_else(|| panic!("torn segment {index}"));
+        zero(file, *offset, (offset + batch_bytes_max).min(*size)).await?;
+        file.sync().await?;
+        cut = Some(format!(
+            "cut a torn final batch in {} at offset {offset}: {why}",
+            segment_path(&config.dir, *index).display()
+        ));
+    }
+    let mut take = |wanted: u32| {
+        let at = files.iter().position(|(index, _, _)| *index == wanted);
+        at.map(|at| files.swap_remove(at)).unwrap_or_else(|| panic!("segment {wanted} was read"))
+    };
+    let spare = plan.spare.map(|index| {
+        let (index, file, _) = take(index);
+        (index, file)
+    });
+    let (current, spare) = match plan.tail {
+        Some((index, offset)) => {
+            let (index, file, size) = take(index);
+            (Current { index, file, offset, size }, spare)
+        }
         None => {
-            let (index, file) = match spare.take() {
+            let (index, file) = match spare {
                 Some(spare) => spare,
                 None => (0, prepare(&config.dir, 0, config.segment_bytes).await?),
             };
-            Current { index, file, offset: 0, size: config.segment_bytes }
+            let size = file.size()?;
+            (Current { index, file, offset: 0, size }, None)
         }
     };
+    let (records, next_lsn) = (plan.records, plan.next_lsn);
     let recovered = Recovered { records, next_lsn, segments: indexes.len(), cut };
     let batch_bytes_limit = batch_bytes_max.min(config.segment_bytes / 2);
     let batcher =
@@ -151,8 +138,80 @@ pub async fn open(config: &LogConfig) -> Result<(Recovered, Batcher, Segments), 
     Ok((recovered, batcher, segments))
 }
 
+/// What recovery decided, before any file is touched.
+#[derive(Debug)]
+pub struct Plan {
+    /// Every committed record, in order.
+    pub records: Vec<Record>,
+    pub next_lsn: Lsn,
+    /// The segment the log goes on in, and the offset of its end there.
+    pub tail: Option<(u32, u64)>,
+    /// The first zeroed segment after the tail: the next one to write.
+    pub spare: Option<u32>,
+    /// A torn final batch to cut: its segment, offset, and what was wrong with it.
+    pub torn: Option<(u32, u64, String)>,
+}
+
+/// Recovery without I/O: segments go in one at a time, in order, and a [`Plan`] comes out.
+/// The log runs through consecutive segments and ends at the first block without a valid
+/// batch; past its end only zeroed segments may follow.
+#[derive(Debug)]
+pub struct Recovery {
+    dir: PathBuf,
+    plan: Plan,
+    ended: bool,
+}
+
+impl Recovery {
+    pub fn new(dir: &Path) -> Recovery {
+        let plan = Plan { records: Vec::new(), next_lsn: Lsn(1), tail: None, spare: None, torn: None };
+        Recovery { dir: dir.to_owned(), plan, ended: false }
+    }
+
+    /// Takes the next segment, by ascending index.
+    pub fn segment(&mut self, index: u32, bytes: &[u8]) -> Result<(), Error> {
+        let path = segment_path(&self.dir, index);
+        let continues = format::starts_with_batch(bytes);
+        if self.ended || (self.plan.tail.is_some() && !continues) {
+            if continues {
+                let why = "the log ended in an earlier segment, yet this one holds batches".to_string();
+                return Err(corrupt(&path, 0, why));
+            }
+            self.ended = true;
+            self.plan.spare = self.plan.spare.or(Some(index));
+            return Ok(());
+        }
+        if let Some((previous, _)) = self.plan.tail {
+            if previous + 1 != index {
+                return Err(corrupt(&path, 0, format!("segment {} is missing before this one", previous + 1)));
+            }
+        }
+        let scan = format::scan_segment(bytes, self.plan.next_lsn)
+            .map_err(|damage| corrupt(&path, damage.offset, damage.why))?;
+        for (lsn, range) in &scan.records {
+            let mut payload = AlignedVec::<16>::with_capacity(range.len());
+            payload.extend_from_slice(&bytes[range.clone()]);
+            let record = codec::decode(&payload).map_err(|why| {
+                corrupt(&path, range.start as u64, format!("record {} does not decode: {why}", lsn.0))
+            })?;
+            self.plan.records.push(record);
+            self.plan.next_lsn = Lsn(lsn.0 + 1);
+        }
+        if let Some((offset, why)) = scan.torn {
+            self.plan.torn = Some((index, offset, why));
+            self.ended = true;
+        }
+        self.plan.tail = Some((index, scan.end));
+        Ok(())
+    }
+
+    pub fn finish(self) -> Plan {
+        self.plan
+    }
+}
+
 async fn read_whole(file: &File) -> Result<Vec<u8>, Error> {
-    let size = file.size().await?;
+    let size = file.size()?;
     if size % block_bytes != 0 {
         let why = format!("its size of {size} bytes is not a whole number of {block_bytes}-byte blocks");
         return Err(corrupt(file.path(), size, why));
@@ -278,7 +337,7 @@ impl Segments {
                 self.prepare_step().await?;
             }
             let (index, file) = self.spare.take().unwrap_or_else(|| unreachable!("prepared above"));
-            let size = file.size().await?;
+            let size = file.size()?;
             self.current = Current { index, file, offset: 0, size };
         }
         self.current.file.write(self.current.offset, &batch.bytes).await?;
