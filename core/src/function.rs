@@ -186,6 +186,8 @@ pub(crate) struct Effects {
     pub delayed: Vec<DelayedSend>,
     pub cancels: Vec<Arc<str>>,
     pub egress: Vec<crate::Egress>,
+    /// The bytes the invocation's record will carry, near enough: values and names.
+    pub bytes: usize,
 }
 
 impl Effects {
@@ -259,6 +261,7 @@ impl<'a> Context<'a> {
         let descriptor = self.registered(spec)?;
         let value = TypedValue::of(value);
         check_size(&value)?;
+        self.charge(descriptor.name.len() + value.value.len(), false)?;
         self.write(descriptor.name.clone(), Some(value));
         Ok(())
     }
@@ -284,8 +287,17 @@ impl<'a> Context<'a> {
         Ok(Envelope { target, caller: Some(self.address.clone()), value })
     }
 
-    fn count_effect(&self) -> Result<(), FunctionError> {
-        if self.effects.count() >= limits::effects_per_invocation_max {
+    /// Counts an effect of about `bytes` bytes against the invocation's limits.
+    fn charge(&mut self, bytes: usize, counts: bool) -> Result<(), FunctionError> {
+        self.effects.bytes += bytes + 64;
+        if self.effects.bytes >= limits::invocation_bytes_max {
+            return Err(FunctionError(format!(
+                "invocation of {} produced more than {} bytes of effects",
+                self.address,
+                limits::invocation_bytes_max
+            )));
+        }
+        if counts && self.effects.count() >= limits::effects_per_invocation_max {
             return Err(FunctionError(format!(
                 "invocation of {} exceeded {} messages, delayed messages and egress records",
                 self.address,
@@ -298,7 +310,7 @@ impl<'a> Context<'a> {
     /// Sends a message to any address, this one included. Messages from one address to
     /// another arrive in the order they were sent.
     pub fn send(&mut self, target: Address, value: TypedValue) -> Result<(), FunctionError> {
-        self.count_effect()?;
+        self.charge(target.id.len() + value.value.len(), true)?;
         let envelope = self.envelope(target, value)?;
         self.effects.sends.push(envelope);
         Ok(())
@@ -308,7 +320,7 @@ impl<'a> Context<'a> {
     /// nobody to answer, and the reply is not sent.
     pub fn reply(&mut self, value: TypedValue) -> Result<(), FunctionError> {
         let Some(caller) = self.caller else { return Ok(()) };
-        self.count_effect()?;
+        self.charge(caller.id.len() + value.value.len(), true)?;
         check_size(&value)?;
         // The caller may be an ingress request rather than a function, so it is not looked
         // up in the registry: it sent us a message, so it can take one back.
@@ -326,7 +338,7 @@ impl<'a> Context<'a> {
         value: TypedValue,
         token: Option<&str>,
     ) -> Result<(), FunctionError> {
-        self.count_effect()?;
+        self.charge(target.id.len() + value.value.len() + token.map_or(0, str::len), true)?;
         let envelope = self.envelope(target, value)?;
         let token: Option<Arc<str>> = token.map(Into::into);
         if let Some(token) = &token {
@@ -358,7 +370,7 @@ impl<'a> Context<'a> {
         if token.is_empty() {
             return Err(FunctionError::new("a cancellation token must not be empty"));
         }
-        self.count_effect()?;
+        self.charge(token.len(), true)?;
         if let Some(index) = self.effects.delayed.iter().position(|delayed| delayed.token.as_deref() == Some(token)) {
             // Armed by this very invocation: it never reaches the shard.
             self.effects.delayed.remove(index);
@@ -372,7 +384,7 @@ impl<'a> Context<'a> {
 
     /// Publishes a value to an egress once this invocation is committed.
     pub fn egress(&mut self, egress: TypeName, value: TypedValue) -> Result<(), FunctionError> {
-        self.count_effect()?;
+        self.charge(egress.as_str().len() + value.value.len(), true)?;
         check_size(&value)?;
         self.effects.egress.push(crate::Egress { egress, value });
         Ok(())

@@ -22,6 +22,11 @@ pub const effects_per_invocation_max: usize = 4096;
 /// so their count is bounded by ingress admission times `effects_per_invocation_max`.
 pub const mailbox_messages_max: usize = 16 * 1024;
 
+/// Bytes of everything one invocation produces (values and names of its state writes,
+/// messages, delayed messages and egress), so that its record stays within the log's record
+/// limit (`statefun_storage::limits::record_bytes_max`, 24 MiB) with room for framing.
+pub const invocation_bytes_max: usize = 16 * 1024 * 1024;
+
 /// Bytes in a type name (`namespace/type`) or an id. Long enough for UUIDs and paths, short
 /// enough that a malformed request cannot make an address the size of a value.
 pub const name_bytes_max: usize = 1024;
@@ -39,3 +44,4 @@ pub const invocations_per_turn_max: usize = 256;
 
 const _: () = assert!(shards_max <= key_groups_max);
 const _: () = assert!(mailbox_messages_max >= effects_per_invocation_max);
+const _: () = assert!(invocation_bytes_max >= 2 * value_bytes_max);

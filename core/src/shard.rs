@@ -1046,6 +1046,26 @@ mod tests {
         assert!(invocation(&records[0]).failure.as_ref().unwrap().0.contains("test/nobody"));
     }
 
+    #[test]
+    fn an_invocation_cannot_produce_more_than_its_byte_limit() {
+        let flood = |context: &mut Context<'_>, _: &TypedValue| {
+            let me = context.self_address().clone();
+            for _ in 0..5 {
+                let value = TypedValue::new(typename("test/blob"), vec![0u8; limits::value_bytes_max]);
+                context.send(me.clone(), value)?;
+            }
+            Ok(())
+        };
+        let mut registry = Registry::new();
+        registry.register(FunctionSpec::new(typename("test/flood"), flood)).unwrap();
+        let mut shard = Shard::new(ShardId(0), Routing::new(1), Arc::new(registry), Retention::default());
+        inject(&mut shard, &address("test/flood", "f"), None, "go");
+        let (records, _) = settle(&mut shard, 0);
+        let failure = invocation(&records[0]).failure.clone().unwrap();
+        assert!(failure.0.contains("bytes of effects"), "{failure}");
+        assert!(invocation(&records[0]).sends.is_empty());
+    }
+
     /// Two shards wired by hand: every output of one is the other's input.
     fn exchange(shards: &mut [Shard; 2], now: u64) {
         loop {
