@@ -1066,12 +1066,15 @@ mod tests {
         assert!(invocation(&records[0]).sends.is_empty());
     }
 
-    /// Two shards wired by hand: every output of one is the other's input.
-    fn exchange(shards: &mut [Shard; 2], now: u64) {
+    /// Two shards wired by hand: every output of one is the other's input. Returns each
+    /// shard's records.
+    fn exchange(shards: &mut [Shard; 2], now: u64) -> [Vec<Record>; 2] {
+        let mut records = [Vec::new(), Vec::new()];
         loop {
             let mut moved = false;
             for from in 0..2 {
-                let (_, outputs) = settle(&mut shards[from], now);
+                let (made, outputs) = settle(&mut shards[from], now);
+                records[from].extend(made);
                 for output in outputs {
                     let to = 1 - from;
                     let from = ShardId(from as u16);
@@ -1086,7 +1089,7 @@ mod tests {
                 }
             }
             if !moved {
-                return;
+                return records;
             }
         }
     }
@@ -1163,31 +1166,9 @@ mod tests {
                     .unwrap();
             }
             now += 7;
-            loop {
-                let mut moved = false;
-                for from in 0..2 {
-                    shards[from].fire_timers(UnixMillis(now));
-                    shards[from].run(UnixMillis(now), usize::MAX);
-                    while let Some(record) = shards[from].poll_record() {
-                        shards[from].released(&record);
-                        records[from].push(record);
-                    }
-                    while let Some(output) = shards[from].poll_output() {
-                        let (to, sender) = (1 - from, ShardId(from as u16));
-                        match output {
-                            Output::Transmit { seq, envelope, .. } => {
-                                shards[to].receive(UnixMillis(now), sender, seq, envelope)
-                            }
-                            Output::Ack { seq, .. } => shards[to].acked(UnixMillis(now), sender, seq),
-                            _ => continue,
-                        }
-                        moved = true;
-                    }
-                }
-                if !moved {
-                    break;
-                }
-            }
+            let [first, second] = exchange(shards, now);
+            records[0].extend(first);
+            records[1].extend(second);
         }
     }
 
