@@ -25,10 +25,12 @@
 
 #![forbid(unsafe_code)]
 
+mod egress;
 pub mod examples;
 mod ingress;
 pub mod limits;
 mod metrics;
+mod native;
 mod node;
 mod rt;
 pub mod shard;

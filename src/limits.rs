@@ -20,6 +20,10 @@ pub const http_body_bytes_max: usize = statefun_core::limits::value_bytes_max;
 /// full batches: one being written, one filling.
 pub const unsynced_bytes_max: u64 = 2 * statefun_storage::limits::batch_bytes_max;
 
+/// Egress records a shard keeps for subscribers to catch up from. Older positions are gone;
+/// a subscriber resuming before them starts at the oldest kept.
+pub const egress_records_retained_max: usize = 64 * 1024;
+
 /// Bytes read from a socket per call before handing them to the HTTP parser.
 pub const http_read_chunk_bytes_max: usize = 16 * 1024;
 

@@ -19,9 +19,53 @@ struct Cli {
 enum Command {
     /// Runs a node with the example application (example/counter, example/chain, example/reminder).
     Serve(ServeArgs),
+    /// Calls a function over the native protocol and prints its reply.
+    Call(CallArgs),
+    /// Sends a message over the native protocol; returns once it is durable.
+    Send(CallArgs),
+    /// Prints an egress's records as they are committed, from every shard.
+    Tail(TailArgs),
     /// Works on a stopped node's log.
     #[command(subcommand)]
     Log(LogCommand),
+}
+
+/// How a client finds and trusts the node.
+#[derive(Debug, clap::Args)]
+struct ConnectArgs {
+    /// Shard 0's QUIC address (what `statefun serve --listen` was given).
+    #[arg(long, default_value = "127.0.0.1:8071")]
+    connect: SocketAddr,
+    /// The node's data directory, for its development certificate and client token.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+struct CallArgs {
+    /// The target, `namespace/type/id`.
+    target: String,
+    /// The message, as text.
+    value: String,
+    /// The message's type name.
+    #[arg(long = "type", default_value = "statefun/text")]
+    typename: String,
+    /// An idempotency key (one is made up otherwise).
+    #[arg(long)]
+    key: Option<String>,
+    #[command(flatten)]
+    connect: ConnectArgs,
+}
+
+#[derive(Debug, clap::Args)]
+struct TailArgs {
+    /// The egress, `namespace/name`.
+    egress: String,
+    /// Start at this position on every shard (0: the oldest record kept).
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    #[command(flatten)]
+    connect: ConnectArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,6 +89,17 @@ struct ServeArgs {
     /// Address of the HTTP ingress (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8070")]
     http: SocketAddr,
+    /// Shard 0's QUIC address; shard i listens on the port after it plus i (port 0 picks
+    /// free ports).
+    #[arg(long, default_value = "127.0.0.1:8071")]
+    listen: SocketAddr,
+    /// The server certificate chain (PEM) [default: a development certificate generated
+    /// into the data directory].
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// How committed an invocation is before its effects leave the shard.
     #[arg(long, value_enum, default_value_t = Durability::Fsync)]
     durability: Durability,
@@ -69,6 +124,77 @@ struct ServeArgs {
     idempotency_retention_s: u64,
 }
 
+/// The client commands: `call`, `send`, `tail`.
+mod client {
+    use statefun::core::{types, Address, TypeName, TypedValue, ValueType};
+    use statefun_net::client::{Client, ClientConfig};
+
+    use super::{CallArgs, ConnectArgs, TailArgs};
+
+    fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+        Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+    }
+
+    async fn connect(args: &ConnectArgs) -> anyhow::Result<Client> {
+        let config = ClientConfig::dev(args.connect, &args.data_dir)?;
+        Ok(Client::connect(config).await?)
+    }
+
+    fn address(target: &str) -> anyhow::Result<Address> {
+        let (function, id) =
+            target.rsplit_once('/').ok_or_else(|| anyhow::anyhow!("{target:?}: expected namespace/type/id"))?;
+        Ok(Address::new(TypeName::parse(function)?, id)?)
+    }
+
+    /// A value as text: built-in types decoded, anything else as UTF-8 (or hex).
+    pub fn show(value: &TypedValue) -> String {
+        let decoded = match value.typename.name() {
+            _ if value.typename.namespace() != types::NAMESPACE => None,
+            "long" => i64::decode(&value.value).ok().map(|v| v.to_string()),
+            "int" => i32::decode(&value.value).ok().map(|v| v.to_string()),
+            "bool" => bool::decode(&value.value).ok().map(|v| v.to_string()),
+            "double" => f64::decode(&value.value).ok().map(|v| v.to_string()),
+            "float" => f32::decode(&value.value).ok().map(|v| v.to_string()),
+            "string" => String::decode(&value.value).ok(),
+            _ => None,
+        };
+        decoded.unwrap_or_else(|| match value.as_text() {
+            Ok(text) => text.to_string(),
+            Err(_) => value.value.iter().map(|byte| format!("{byte:02x}")).collect(),
+        })
+    }
+
+    #[allow(clippy::print_stdout)] // The reply is the command's output.
+    pub fn call(args: CallArgs, wants_reply: bool) -> anyhow::Result<()> {
+        runtime()?.block_on(async {
+            let client = connect(&args.connect).await?;
+            let target = address(&args.target)?;
+            let value = TypedValue::new(TypeName::parse(&args.typename)?, args.value.clone());
+            match (wants_reply, &args.key) {
+                (true, Some(key)) => println!("{}", show(&client.call_with_key(&target, &value, key).await?)),
+                (true, None) => println!("{}", show(&client.call(&target, &value).await?)),
+                (false, _) => client.send(&target, &value).await?,
+            }
+            Ok(())
+        })
+    }
+
+    #[allow(clippy::print_stdout)] // The records are the command's output.
+    pub fn tail(args: TailArgs) -> anyhow::Result<()> {
+        runtime()?.block_on(async {
+            let client = connect(&args.connect).await?;
+            let egress = TypeName::parse(&args.egress)?;
+            let from = vec![args.from; usize::from(client.shards())];
+            let mut records = client.subscribe(&egress, from);
+            while let Some(record) = records.recv().await {
+                let record = record?;
+                println!("{}\t{}\t{}", record.shard.0, record.position, show(&record.value));
+            }
+            Ok(())
+        })
+    }
+}
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("STATEFUN_LOG").unwrap_or_else(|_| "info".into()))
@@ -76,6 +202,9 @@ fn main() -> std::process::ExitCode {
         .init();
     let outcome = match Cli::parse().command {
         Command::Serve(args) => serve(args),
+        Command::Call(args) => client::call(args, true),
+        Command::Send(args) => client::call(args, false),
+        Command::Tail(args) => client::tail(args),
         Command::Log(LogCommand::Truncate { segment, offset }) => truncate(&segment, offset),
     };
     match outcome {
@@ -106,6 +235,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config {
         shards: args.shards.unwrap_or(defaults.shards),
         http: args.http,
+        listen: args.listen,
+        tls: args.tls_cert.zip(args.tls_key),
         durability: args.durability,
         fsync_interval: Duration::from_millis(args.fsync_interval_ms),
         segment_bytes: args.log_segment_mib * 1024 * 1024,
@@ -116,6 +247,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let durability = config.durability_text();
     let node = Node::start(config, statefun::examples::registry())?;
-    println!("statefun serving http://{} with {} shards, durability {durability}", node.http, node.shards);
+    let quic = node.quic.first().map_or(String::new(), |address| format!(" and quic://{address}"));
+    println!("statefun serving http://{}{quic} with {} shards, durability {durability}", node.http, node.shards);
     node.wait()
 }

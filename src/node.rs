@@ -8,10 +8,13 @@ use std::time::Duration;
 use anyhow::{bail, Context as _};
 use statefun_core::{limits as core_limits, Registry, Retention, Routing, ShardId};
 
+use statefun_net::frame::ShardEndpoint;
+use statefun_net::tls::DevFiles;
 use statefun_storage::{Batcher, LogConfig, Recovered, Segments};
 
 use crate::limits;
 use crate::metrics::Metrics;
+use crate::native::NativeConfig;
 use crate::rt::{self, ExecutorJoinHandle};
 use crate::shard::{Journal, MeshMessage, ShardNode};
 
@@ -33,6 +36,12 @@ pub struct Config {
     pub shards: u16,
     /// Where the HTTP ingress listens; port 0 picks a free port.
     pub http: SocketAddr,
+    /// Where shard 0's QUIC endpoint listens; shard `i` listens on the port after it plus
+    /// `i`. Port 0 picks free ports.
+    pub listen: SocketAddr,
+    /// The server certificate chain and key (PEM); `None` uses the development certificate
+    /// in the data directory, generated on first start.
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub durability: Durability,
     /// The period of `interval` durability.
     pub fsync_interval: Duration,
@@ -53,6 +62,8 @@ impl Config {
         Config {
             shards: u16::try_from(rt::online_cpus()).unwrap_or(1),
             http: SocketAddr::from(([127, 0, 0, 1], 8070)),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8071)),
+            tls: None,
             durability: Durability::Fsync,
             fsync_interval: Duration::from_millis(5),
             segment_bytes: statefun_storage::limits::segment_bytes_default,
@@ -107,6 +118,8 @@ fn check_layout(config: &Config) -> anyhow::Result<()> {
 pub struct Node {
     /// The address the HTTP ingress listens on (with the port resolved).
     pub http: SocketAddr,
+    /// Every shard's QUIC endpoint, in shard order.
+    pub quic: Vec<SocketAddr>,
     pub shards: u16,
     executors: Vec<ExecutorJoinHandle<()>>,
 }
@@ -130,6 +143,20 @@ impl Node {
         drop(probe);
 
         let shards = config.shards;
+        let quic = quic_addresses(config.listen, shards)?;
+        let dev = DevFiles::in_data_dir(&config.data_dir);
+        dev.ensure()?;
+        let (cert, key) = config.tls.clone().unwrap_or_else(|| (dev.cert.clone(), dev.key.clone()));
+        let server_tls = statefun_net::tls::server_config(&cert, &key)?;
+        let native = NativeConfig {
+            token: dev.read_token()?,
+            shards: quic
+                .iter()
+                .enumerate()
+                .map(|(shard, address)| ShardEndpoint { shard: shard as u16, address: address.to_string() })
+                .collect(),
+            call_timeout: config.call_timeout,
+        };
         let routing = Routing::new(shards);
         registry.register_endpoint(statefun_core::requests::request_type())?;
         let registry = Arc::new(registry);
@@ -143,6 +170,7 @@ impl Node {
             let ready = ready_sender.clone();
             let call_timeout = config.call_timeout;
             let retention = config.retention;
+            let (native, server_tls, quic_address) = (native.clone(), server_tls.clone(), quic[index]);
             let metrics = metrics.clone();
             let log = (config.durability != Durability::Memory)
                 .then(|| LogConfig { dir: config.log_dir(id), segment_bytes: config.segment_bytes });
@@ -188,6 +216,14 @@ impl Node {
                             return;
                         }
                     };
+                    let endpoint = match statefun_net::server::start(quic_address, server_tls) {
+                        Ok(endpoint) => endpoint,
+                        Err(error) => {
+                            let _ = ready.send(Err(format!("{id}: cannot listen for QUIC on {quic_address}: {error}")));
+                            return;
+                        }
+                    };
+                    rt::spawn_local(crate::native::serve(node.clone(), endpoint, native)).detach();
                     let _ = ready.send(Ok(id));
                     crate::ingress::serve(node, listener, call_timeout).await;
                 })
@@ -202,7 +238,7 @@ impl Node {
                 Err(_) => bail!("a shard stopped before it served"),
             }
         }
-        Ok(Node { http, shards, executors })
+        Ok(Node { http, quic, shards, executors })
     }
 
     /// Waits for the shards, which run until the process ends.
@@ -212,6 +248,29 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// Every shard's QUIC address: consecutive ports from `listen`'s, or free ones for port 0.
+fn quic_addresses(listen: SocketAddr, shards: u16) -> anyhow::Result<Vec<SocketAddr>> {
+    let mut addresses = Vec::with_capacity(usize::from(shards));
+    let mut probes = Vec::new();
+    for shard in 0..shards {
+        let wanted = match listen.port() {
+            0 => listen,
+            port => {
+                let port =
+                    port.checked_add(shard).with_context(|| format!("--listen {listen}: no port for shard {shard}"))?;
+                SocketAddr::new(listen.ip(), port)
+            }
+        };
+        // Binding says now, clearly, if a port is taken; port 0 becomes a real one.
+        let probe = std::net::UdpSocket::bind(wanted).with_context(|| {
+            format!("cannot listen for QUIC on {wanted} (shard {shard}; --listen gives shard 0's port)")
+        })?;
+        addresses.push(probe.local_addr()?);
+        probes.push(probe);
+    }
+    Ok(addresses)
 }
 
 /// Opens a shard's log and reports what recovery found.

@@ -24,6 +24,7 @@ use statefun_core::{
 
 use statefun_storage::{Batcher, Segments};
 
+use crate::egress::EgressLog;
 use crate::limits;
 use crate::metrics::{Metrics, ShardMetrics};
 use crate::rt::{self, Signal};
@@ -88,6 +89,8 @@ pub struct ShardNode {
     journal: Option<Journal>,
     /// Why the log failed; from then on the shard refuses work.
     poisoned: RefCell<Option<String>>,
+    /// Committed egress records, for subscribers.
+    pub egress: RefCell<EgressLog>,
     work: Rc<Signal>,
     outboxes: Vec<Option<Outbox>>,
     /// HTTP exchanges of this shard waiting for an outcome, by number.
@@ -122,6 +125,7 @@ impl ShardNode {
             metrics,
             journal,
             poisoned: RefCell::default(),
+            egress: RefCell::default(),
             work: Rc::default(),
             outboxes,
             exchanges: RefCell::default(),
@@ -141,6 +145,7 @@ impl ShardNode {
 
     /// Rebuilds the shard from its committed records, before it starts.
     pub fn recover(&self, records: &[Record]) {
+        self.egress.borrow_mut().recover(records);
         let mut core = self.core.borrow_mut();
         for record in records {
             core.replay(record);
@@ -313,7 +318,7 @@ impl ShardNode {
                 Output::Answer { waiter, outcome } => self.answer(waiter, outcome),
                 Output::Egress(egress) => {
                     ShardMetrics::add(&self.metrics().egress, 1);
-                    tracing::debug!(egress = %egress.egress, bytes = egress.value.value.len(), "egress record");
+                    self.egress.borrow_mut().push(egress);
                 }
             }
         }

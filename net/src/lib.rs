@@ -1,5 +1,16 @@
-//! The transport of statefun: QUIC endpoints per shard, rkyv frames, node-to-node links and
-//! the native client. Its first piece lands with the native-protocol issue; until then the
-//! node speaks HTTP only (see the root package's `ingress` module).
+//! The native protocol of statefun: QUIC with TLS 1.3 on every shard, rkyv frames, and the
+//! shard-aware client applications embed.
+//!
+//! - [`frame`]: the frames and their checks (`net/FRAMES.md` gives every byte).
+//! - [`server`]: one quinn-proto endpoint per shard, driven from a glommio UDP socket.
+//! - [`client`]: the client on tokio and quinn: learns the cluster map, sends each request
+//!   straight to the shard that owns its key, retries with the same idempotency key.
+//! - [`tls`]: certificates: the development certificate a node generates on first start.
 
 #![forbid(unsafe_code)]
+
+pub mod client;
+pub mod frame;
+pub mod limits;
+pub mod server;
+pub mod tls;

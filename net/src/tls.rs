@@ -1,0 +1,119 @@
+//! Certificates and tokens.
+//!
+//! On first start a node generates a self-signed development certificate (for `localhost`
+//! and `127.0.0.1`) and a client token into `{data-dir}/tls/`; clients on the same machine
+//! take both from there. Real deployments give `--tls-cert` and `--tls-key` (PEM).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// The name clients check the development certificate against.
+pub const DEV_SERVER_NAME: &str = "localhost";
+
+/// What can go wrong with certificates and tokens; each says which file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{op} {path} failed: {source}")]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("{path} holds no usable {what}: {why}")]
+    Pem { path: PathBuf, what: &'static str, why: String },
+    #[error("cannot generate the development certificate: {0}")]
+    Generate(String),
+    #[error("the TLS configuration is not usable: {0}")]
+    Config(String),
+}
+
+/// Where the development files of a data directory are.
+#[derive(Debug, Clone)]
+pub struct DevFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub token: PathBuf,
+}
+
+impl DevFiles {
+    pub fn in_data_dir(data_dir: &Path) -> DevFiles {
+        let dir = data_dir.join("tls");
+        DevFiles { cert: dir.join("cert.pem"), key: dir.join("key.pem"), token: dir.join("client-token") }
+    }
+
+    /// Creates the development certificate and token if they are missing.
+    pub fn ensure(&self) -> Result<(), TlsError> {
+        let io = |op: &'static str, path: &Path| {
+            let path = path.to_owned();
+            move |source| TlsError::Io { op, path, source }
+        };
+        if let Some(dir) = self.cert.parent() {
+            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        }
+        if !self.cert.exists() || !self.key.exists() {
+            let names = vec![DEV_SERVER_NAME.to_string(), "127.0.0.1".to_string()];
+            let certified =
+                rcgen::generate_simple_self_signed(names).map_err(|error| TlsError::Generate(error.to_string()))?;
+            std::fs::write(&self.key, certified.signing_key.serialize_pem()).map_err(io("writing", &self.key))?;
+            std::fs::write(&self.cert, certified.cert.pem()).map_err(io("writing", &self.cert))?;
+        }
+        if !self.token.exists() {
+            let mut random = [0u8; 24];
+            let urandom = Path::new("/dev/urandom");
+            std::fs::File::open(urandom)
+                .and_then(|mut file| file.read_exact(&mut random))
+                .map_err(io("reading", urandom))?;
+            let token: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+            std::fs::write(&self.token, token).map_err(io("writing", &self.token))?;
+        }
+        Ok(())
+    }
+
+    pub fn read_token(&self) -> Result<String, TlsError> {
+        let token = std::fs::read_to_string(&self.token).map_err(|source| TlsError::Io {
+            op: "reading",
+            path: self.token.clone(),
+            source,
+        })?;
+        Ok(token.trim().to_string())
+    }
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = |why: String| TlsError::Pem { path: path.to_owned(), what: "certificate", why };
+    let certificates: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|error| pem(error.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|error| pem(error.to_string()))?;
+    if certificates.is_empty() {
+        return Err(pem("no CERTIFICATE block".into()));
+    }
+    Ok(certificates)
+}
+
+/// The server side: the certificate chain and key from PEM files.
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<quinn_proto::ServerConfig>, TlsError> {
+    let chain = certificates(cert)?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|error| TlsError::Pem {
+        path: key.to_owned(),
+        what: "private key",
+        why: error.to_string(),
+    })?;
+    let mut config =
+        quinn_proto::ServerConfig::with_single_cert(chain, key).map_err(|error| TlsError::Config(error.to_string()))?;
+    let mut transport = quinn_proto::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(4u32.into());
+    transport.max_concurrent_uni_streams(0u32.into());
+    config.transport_config(Arc::new(transport));
+    Ok(Arc::new(config))
+}
+
+/// The client side: trusts the certificates in `anchor` (a CA, or the development
+/// certificate itself).
+pub fn client_config(anchor: &Path) -> Result<quinn::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in certificates(anchor)? {
+        roots.add(certificate).map_err(|error| TlsError::Config(error.to_string()))?;
+    }
+    quinn::ClientConfig::with_root_certificates(Arc::new(roots)).map_err(|error| TlsError::Config(error.to_string()))
+}

@@ -1,0 +1,215 @@
+//! The native protocol on a shard: the QUIC endpoint's frames turned into ingress requests
+//! and egress subscriptions, and their outcomes turned back into frames.
+//!
+//! A connection must open with a `Hello` carrying the node's client token; the answer is a
+//! `Welcome` with the cluster map, or a `Refused` and the end of the connection. Every
+//! request runs as its own task, so a connection has many in flight; its reply is sent when
+//! its outcome is durable. A frame that does not decode closes its connection with the
+//! reason, and nothing else.
+
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::channels::local_channel::LocalSender;
+use rkyv::util::AlignedVec;
+use statefun_core::{Address, Error, Outcome, TypeName, TypedValue, Want};
+use statefun_net::frame::{self, Kind};
+use statefun_net::limits as net_limits;
+use statefun_net::server::{Command, ConnectionId, Endpoint, Event};
+
+use crate::rt;
+use crate::shard::ShardNode;
+
+/// What a shard serves its native clients with.
+#[derive(Debug, Clone)]
+pub struct NativeConfig {
+    pub token: String,
+    /// The cluster map sent in every `Welcome`.
+    pub shards: Vec<frame::ShardEndpoint>,
+    pub call_timeout: Duration,
+}
+
+/// One egress subscription of a connection.
+#[derive(Debug)]
+struct Subscription {
+    connection: ConnectionId,
+    id: u64,
+    egress: String,
+    next: u64,
+}
+
+/// Serves the endpoint's connections for as long as the shard lives.
+pub async fn serve(node: Rc<ShardNode>, endpoint: Endpoint, config: NativeConfig) {
+    let Endpoint { events, commands, .. } = endpoint;
+    let commands = Rc::new(commands);
+    let config = Rc::new(config);
+    let subscriptions: Rc<std::cell::RefCell<Vec<Subscription>>> = Rc::default();
+    {
+        let (node, commands, subscriptions) = (node.clone(), commands.clone(), subscriptions.clone());
+        rt::spawn_local(async move { deliver_egress(node, commands, subscriptions).await }).detach();
+    }
+    let mut welcomed: HashSet<ConnectionId> = HashSet::new();
+    while let Some(event) = events.recv().await {
+        match event {
+            Event::Closed { connection } => {
+                welcomed.remove(&connection);
+                subscriptions.borrow_mut().retain(|subscription| subscription.connection != connection);
+            }
+            Event::Frame { connection, kind, payload } => {
+                let close = |reason: String| {
+                    let _ = commands.try_send(Command::Close { connection, reason });
+                };
+                if !welcomed.contains(&connection) {
+                    match hello(&config, node.id.0, kind, &payload) {
+                        Ok(welcome) => {
+                            welcomed.insert(connection);
+                            let _ = commands.try_send(Command::Send { connection, frame: welcome });
+                        }
+                        Err(reason) => {
+                            let refused = frame::encode(Kind::Refused, &frame::Refused { reason: reason.clone() });
+                            let _ = commands.try_send(Command::Send { connection, frame: refused });
+                            close(reason);
+                        }
+                    }
+                    continue;
+                }
+                match kind {
+                    Kind::Request => match frame::decode::<frame::Request>(kind, &payload) {
+                        Ok(request) => {
+                            let (node, commands, config) = (node.clone(), commands.clone(), config.clone());
+                            rt::spawn_local(async move {
+                                answer(&node, &commands, connection, request, config.call_timeout).await
+                            })
+                            .detach();
+                        }
+                        Err(error) => close(format!("bad frame: {error}")),
+                    },
+                    Kind::Subscribe => match frame::decode::<frame::Subscribe>(kind, &payload) {
+                        Ok(subscribe) => {
+                            let mut subscriptions = subscriptions.borrow_mut();
+                            let held = subscriptions.iter().filter(|held| held.connection == connection).count();
+                            if held >= net_limits::subscriptions_per_connection_max {
+                                close(format!(
+                                    "more than {} subscriptions",
+                                    net_limits::subscriptions_per_connection_max
+                                ));
+                                continue;
+                            }
+                            let next = subscribe.from.max(node.egress.borrow().first());
+                            subscriptions.push(Subscription {
+                                connection,
+                                id: subscribe.id,
+                                egress: subscribe.egress,
+                                next,
+                            });
+                            node.egress.borrow().signal.notify();
+                        }
+                        Err(error) => close(format!("bad frame: {error}")),
+                    },
+                    other => close(format!("a client does not send {other:?} frames")),
+                }
+            }
+        }
+    }
+}
+
+/// Checks a connection's first frame; returns the `Welcome` frame or why not.
+fn hello(config: &NativeConfig, shard: u16, kind: Kind, payload: &AlignedVec) -> Result<Vec<u8>, String> {
+    if kind != Kind::Hello {
+        return Err(format!("unauthenticated: the first frame must be a Hello with the client token, not {kind:?}"));
+    }
+    let hello = frame::decode::<frame::Hello>(kind, payload).map_err(|error| format!("bad frame: {error}"))?;
+    if hello.token != config.token {
+        return Err(
+            "unauthenticated: the client token is wrong (it is in the node's data directory, tls/client-token)".into(),
+        );
+    }
+    Ok(frame::encode(Kind::Welcome, &frame::Welcome { shard, shards: config.shards.clone() }))
+}
+
+/// Runs one request and sends its reply.
+async fn answer(
+    node: &Rc<ShardNode>,
+    commands: &LocalSender<Command>,
+    connection: ConnectionId,
+    request: frame::Request,
+    call_timeout: Duration,
+) {
+    let outcome = match target_and_value(&request) {
+        Err(error) => frame::Outcome::Refused { reason: error.to_string(), retry: false },
+        Ok((target, value)) => {
+            let want = match request.want {
+                frame::Want::Admission => Want::Admission,
+                frame::Want::Answer => Want::Answer,
+            };
+            if node.registry.contains(&target.function) {
+                let mut exchange = node.ingress(target.clone(), value, want, Some(&request.key));
+                match rt::timeout(call_timeout, exchange.outcome()).await {
+                    Some(outcome) => outcome_frame(outcome),
+                    None => frame::Outcome::Refused {
+                        reason: format!("no outcome from {target} within {} ms", call_timeout.as_millis()),
+                        retry: true,
+                    },
+                }
+            } else {
+                frame::Outcome::Refused { reason: Error::UnknownFunction(target.function).to_string(), retry: false }
+            }
+        }
+    };
+    let reply = frame::encode(Kind::Reply, &frame::Reply { id: request.id, outcome });
+    let _ = commands.try_send(Command::Send { connection, frame: reply });
+    let _ = commands.try_send(Command::Done { connection });
+}
+
+fn target_and_value(request: &frame::Request) -> Result<(Address, TypedValue), Error> {
+    let target = Address::new(TypeName::parse(&request.function)?, &request.target_id)?;
+    let value = TypedValue::new(TypeName::parse(&request.typename)?, request.value.clone());
+    Ok((target, value))
+}
+
+fn outcome_frame(outcome: Outcome) -> frame::Outcome {
+    match outcome {
+        Outcome::Admitted => frame::Outcome::Admitted,
+        Outcome::Reply(value) => {
+            frame::Outcome::Reply { typename: value.typename.to_string(), value: value.value.to_vec() }
+        }
+        Outcome::Failed(why) => frame::Outcome::Failed(why),
+        Outcome::Refused(error @ (Error::MailboxFull { .. } | Error::Poisoned(_))) => {
+            frame::Outcome::Refused { reason: error.to_string(), retry: true }
+        }
+        Outcome::Refused(error) => frame::Outcome::Refused { reason: error.to_string(), retry: false },
+    }
+}
+
+/// Sends every subscription the committed egress records it has not seen yet.
+async fn deliver_egress(
+    node: Rc<ShardNode>,
+    commands: Rc<LocalSender<Command>>,
+    subscriptions: Rc<std::cell::RefCell<Vec<Subscription>>>,
+) {
+    let signal = node.egress.borrow().signal.clone();
+    loop {
+        signal.wait().await;
+        let egress = node.egress.borrow();
+        for subscription in subscriptions.borrow_mut().iter_mut() {
+            subscription.next = subscription.next.max(egress.first());
+            while let Some(record) = egress.get(subscription.next) {
+                if record.egress.as_str() == subscription.egress {
+                    let frame = frame::Egress {
+                        id: subscription.id,
+                        position: subscription.next,
+                        typename: record.value.typename.to_string(),
+                        value: record.value.value.to_vec(),
+                    };
+                    let command = Command::Send {
+                        connection: subscription.connection,
+                        frame: frame::encode(Kind::Egress, &frame),
+                    };
+                    let _ = commands.try_send(command);
+                }
+                subscription.next += 1;
+            }
+        }
+    }
+}
