@@ -148,6 +148,7 @@ impl Node {
         dev.ensure()?;
         let (cert, key) = config.tls.clone().unwrap_or_else(|| (dev.cert.clone(), dev.key.clone()));
         let server_tls = statefun_net::tls::server_config(&cert, &key)?;
+        let reset_key = dev.read_reset_key()?;
         let native = NativeConfig {
             token: dev.read_token()?,
             shards: quic
@@ -171,6 +172,7 @@ impl Node {
             let call_timeout = config.call_timeout;
             let retention = config.retention;
             let (native, server_tls, quic_address) = (native.clone(), server_tls.clone(), quic[index]);
+            let reset_key = reset_key.clone();
             let metrics = metrics.clone();
             let log = (config.durability != Durability::Memory)
                 .then(|| LogConfig { dir: config.log_dir(id), segment_bytes: config.segment_bytes });
@@ -216,7 +218,7 @@ impl Node {
                             return;
                         }
                     };
-                    let endpoint = match statefun_net::server::start(quic_address, server_tls) {
+                    let endpoint = match statefun_net::server::start(quic_address, server_tls, &reset_key) {
                         Ok(endpoint) => endpoint,
                         Err(error) => {
                             let _ = ready.send(Err(format!("{id}: cannot listen for QUIC on {quic_address}: {error}")));

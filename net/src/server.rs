@@ -68,8 +68,13 @@ pub struct Endpoint {
     pub local_address: SocketAddr,
 }
 
-/// Binds `address` and starts the endpoint's tasks on the current executor.
-pub fn start(address: SocketAddr, config: Arc<quinn_proto::ServerConfig>) -> std::io::Result<Endpoint> {
+/// Binds `address` and starts the endpoint's tasks on the current executor. `reset_key` is
+/// the secret behind stateless resets; keep it across restarts.
+pub fn start(
+    address: SocketAddr,
+    config: Arc<quinn_proto::ServerConfig>,
+    reset_key: &[u8],
+) -> std::io::Result<Endpoint> {
     let socket = std::rc::Rc::new(UdpSocket::bind(address).map_err(std::io::Error::from)?);
     let local_address = socket.local_addr().map_err(std::io::Error::from)?;
     let (datagram_sender, datagrams) = local_channel::new_unbounded();
@@ -92,7 +97,12 @@ pub fn start(address: SocketAddr, config: Arc<quinn_proto::ServerConfig>) -> std
     let (commands, command_receiver) = local_channel::new_unbounded();
     let driver = Driver {
         socket,
-        endpoint: quinn_proto::Endpoint::new(Arc::new(EndpointConfig::default()), Some(config.clone()), false, None),
+        endpoint: quinn_proto::Endpoint::new(
+            Arc::new(EndpointConfig::new(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key)))),
+            Some(config.clone()),
+            false,
+            None,
+        ),
         config,
         connections: HashMap::new(),
         ids: HashMap::new(),

@@ -33,12 +33,20 @@ pub struct DevFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub token: PathBuf,
+    /// The secret behind QUIC stateless resets: the same across restarts, so a client whose
+    /// server restarted learns at once that its connection is gone.
+    pub reset_key: PathBuf,
 }
 
 impl DevFiles {
     pub fn in_data_dir(data_dir: &Path) -> DevFiles {
         let dir = data_dir.join("tls");
-        DevFiles { cert: dir.join("cert.pem"), key: dir.join("key.pem"), token: dir.join("client-token") }
+        DevFiles {
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            token: dir.join("client-token"),
+            reset_key: dir.join("reset-key"),
+        }
     }
 
     /// Creates the development certificate and token if they are missing.
@@ -57,16 +65,26 @@ impl DevFiles {
             std::fs::write(&self.key, certified.signing_key.serialize_pem()).map_err(io("writing", &self.key))?;
             std::fs::write(&self.cert, certified.cert.pem()).map_err(io("writing", &self.cert))?;
         }
-        if !self.token.exists() {
-            let mut random = [0u8; 24];
-            let urandom = Path::new("/dev/urandom");
-            std::fs::File::open(urandom)
-                .and_then(|mut file| file.read_exact(&mut random))
-                .map_err(io("reading", urandom))?;
-            let token: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
-            std::fs::write(&self.token, token).map_err(io("writing", &self.token))?;
+        for secret in [&self.token, &self.reset_key] {
+            if !secret.exists() {
+                let mut random = [0u8; 24];
+                let urandom = Path::new("/dev/urandom");
+                let read = std::fs::File::open(urandom).and_then(|mut file| file.read_exact(&mut random));
+                read.map_err(io("reading", urandom))?;
+                let text: String = random.iter().map(|byte| format!("{byte:02x}")).collect();
+                std::fs::write(secret, text).map_err(io("writing", secret))?;
+            }
         }
         Ok(())
+    }
+
+    pub fn read_reset_key(&self) -> Result<Vec<u8>, TlsError> {
+        let key = std::fs::read_to_string(&self.reset_key).map_err(|source| TlsError::Io {
+            op: "reading",
+            path: self.reset_key.clone(),
+            source,
+        })?;
+        Ok(key.trim().as_bytes().to_vec())
     }
 
     pub fn read_token(&self) -> Result<String, TlsError> {
@@ -115,5 +133,15 @@ pub fn client_config(anchor: &Path) -> Result<quinn::ClientConfig, TlsError> {
     for certificate in certificates(anchor)? {
         roots.add(certificate).map_err(|error| TlsError::Config(error.to_string()))?;
     }
-    quinn::ClientConfig::with_root_certificates(Arc::new(roots)).map_err(|error| TlsError::Config(error.to_string()))
+    let mut config = quinn::ClientConfig::with_root_certificates(Arc::new(roots))
+        .map_err(|error| TlsError::Config(error.to_string()))?;
+    // Keep-alives find a dead server (one that cannot send a stateless reset) within the
+    // idle timeout.
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
+    let idle = quinn::IdleTimeout::try_from(std::time::Duration::from_secs(10))
+        .map_err(|error| TlsError::Config(error.to_string()))?;
+    transport.max_idle_timeout(Some(idle));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
 }
