@@ -109,6 +109,7 @@ pub fn start(
         id_next: 0,
         events: event_sender,
         out: Vec::with_capacity(1500),
+        dirty: std::collections::HashSet::new(),
     };
     glommio::spawn_local(driver.run(datagrams, command_receiver)).detach();
     Ok(Endpoint { events, commands, local_address })
@@ -123,6 +124,9 @@ struct Driver {
     id_next: ConnectionId,
     events: LocalSender<Event>,
     out: Vec<u8>,
+    /// Connections with something new since the last pump: only they are pumped, so a wake
+    /// costs the connections it concerns, not all of them.
+    dirty: std::collections::HashSet<ConnectionHandle>,
 }
 
 enum Wake {
@@ -160,9 +164,10 @@ impl Driver {
                 Wake::Command(Some(command)) => self.command(now, command),
                 Wake::Datagram(None) | Wake::Command(None) => return,
                 Wake::Timeout => {
-                    for connection in self.connections.values_mut() {
+                    for (handle, connection) in self.connections.iter_mut() {
                         if connection.quic.poll_timeout().is_some_and(|deadline| deadline <= now) {
                             connection.quic.handle_timeout(now);
+                            self.dirty.insert(*handle);
                         }
                     }
                 }
@@ -199,6 +204,7 @@ impl Driver {
                             in_flight: 0,
                         };
                         self.connections.insert(handle, connection);
+                        self.dirty.insert(handle);
                     }
                     Err(error) => {
                         tracing::debug!("quic: refused a connection: {:?}", error.cause);
@@ -212,6 +218,7 @@ impl Driver {
             Some(DatagramEvent::ConnectionEvent(handle, event)) => {
                 if let Some(connection) = self.connections.get_mut(&handle) {
                     connection.quic.handle_event(event);
+                    self.dirty.insert(handle);
                 }
             }
             Some(DatagramEvent::Response(transmit)) => self.send(transmit.size, transmit.destination).await,
@@ -225,7 +232,9 @@ impl Driver {
                 *connection
             }
         };
-        let Some(connection) = self.ids.get(&id).and_then(|handle| self.connections.get_mut(handle)) else { return };
+        let Some(&handle) = self.ids.get(&id) else { return };
+        let Some(connection) = self.connections.get_mut(&handle) else { return };
+        self.dirty.insert(handle);
         match command {
             Command::Send { frame, .. } => {
                 connection.outgoing_bytes += frame.len();
@@ -249,7 +258,7 @@ impl Driver {
     /// events, frames in, bytes out, datagrams out.
     async fn pump(&mut self) {
         let now = Instant::now();
-        let handles: Vec<ConnectionHandle> = self.connections.keys().copied().collect();
+        let handles: Vec<ConnectionHandle> = self.dirty.drain().collect();
         for handle in handles {
             while let Some(connection) = self.connections.get_mut(&handle) {
                 while let Some(event) = connection.quic.poll_endpoint_events() {
