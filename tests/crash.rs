@@ -4,6 +4,8 @@
 //! and restarted on the same data. At the end each counter must equal the number of distinct
 //! increments sent to it: none lost, none applied twice.
 //!
+//! Also: `interval` durability acknowledges only what it synced.
+//!
 //! `STATEFUN_CRASH_CYCLES` sets the number of kills (default 20); `STATEFUN_CRASH_SEED`
 //! replays a run's timing choices.
 
@@ -45,7 +47,7 @@ fn forwarder_for(counter: usize) -> String {
 }
 
 /// Sends one increment until it is acknowledged; returns the attempts it took.
-fn increment(url: &RwLock<String>, path: &str, key: &str, body: &str, expect: impl Fn(&str) -> bool) -> u32 {
+fn increment(url: &RwLock<String>, path: &str, key: &str, body: &str, mut expect: impl FnMut(&str) -> bool) -> u32 {
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -139,6 +141,29 @@ fn acknowledged_increments_survive_sigkill_exactly_once() {
         let actual = count(counter);
         assert!(reached && actual == expected, "counter c{counter}: {actual}, expected {expected} (seed {seed})");
     }
+    server.kill();
+    let _ = std::fs::remove_dir_all(data);
+}
+
+#[test]
+fn interval_durability_acknowledges_only_what_it_synced() {
+    let data = data_dir();
+    let args = ["--shards", "2", "--durability", "interval", "--fsync-interval-ms", "20", "--log-segment-mib", "4"];
+    let server = Server::start_in(&data, &args);
+    let url = RwLock::new(server.url.clone());
+    for n in 0..50 {
+        let body = increment(&url, "/v1/call/example/counter/timed", &format!("interval-{n}"), "1", |_| true);
+        assert_eq!(body, 1, "no retries needed while the server is up");
+    }
+    server.kill();
+    let server = Server::start_in(&data, &args);
+    *url.write().unwrap() = server.url.clone();
+    let mut total = String::new();
+    increment(&url, "/v1/call/example/counter/timed", "interval-read", "0", |body| {
+        total = body.to_string();
+        true
+    });
+    assert_eq!(total, "50", "every acknowledged increment was synced before its reply");
     server.kill();
     let _ = std::fs::remove_dir_all(data);
 }
