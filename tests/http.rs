@@ -102,6 +102,47 @@ fn the_chain_relays_answers_across_shards() {
 }
 
 #[test]
+fn fanouts_answer_each_concurrent_caller_once_all_counters_replied() {
+    let server = Arc::new(two_shards());
+    let reply = server.post("/v1/call/example/fanout/solo", Some("application/vnd.example/fanout"), "4");
+    assert_eq!(
+        (reply.status, reply.content_type.as_str(), reply.body.as_str()),
+        (200, "application/vnd.example/fanout", "4")
+    );
+    // Concurrent callers of one id with different widths: counter `i` answers the fan-outs
+    // wider than `i` in order, and each caller must get its own width back.
+    let widths = [1, 4, 2, 3, 4, 1, 3, 2];
+    let calls = 20;
+    let workers: Vec<_> = widths
+        .iter()
+        .map(|&width| {
+            let server = server.clone();
+            thread::spawn(move || {
+                for _ in 0..calls {
+                    assert_eq!(server.call("example/fanout/shared", &width.to_string()), width.to_string());
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    // Every fan-out added 1 to each of its counters, which live on both shards.
+    let routing = Routing::new(2);
+    let counter = |index: usize| Address::new(TypeName::parse("example/counter").unwrap(), &format!("shared.{index}"));
+    let shards: Vec<ShardId> = (0..4).map(|index| routing.shard_of(&counter(index).unwrap())).collect();
+    assert!(shards.iter().any(|&shard| shard != shards[0]), "the counters of `shared` span both shards: {shards:?}");
+    for index in 0..4 {
+        let expected = calls * widths.iter().filter(|&&width| width > index).count();
+        assert_eq!(server.call(&format!("example/counter/shared.{index}"), "0"), expected.to_string(), "{index}");
+    }
+    assert_eq!(server.call("example/fanout/none", "0"), "0");
+    let refused = server.post("/v1/call/example/fanout/big", Some("application/vnd.example/fanout"), "4097");
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(refused.body.contains("expected a fan-out of 0 to 4096"), "{}", refused.body);
+}
+
+#[test]
 fn delayed_messages_fire_and_cancel() {
     let server = two_shards();
     assert_eq!(server.call("example/reminder/r", "remind 300 first"), "scheduled");

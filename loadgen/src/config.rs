@@ -42,6 +42,10 @@ pub struct Args {
     /// Hops of each chain message (--workload chain); `{hops}` in --body stands for it.
     #[arg(long, default_value_t = 3)]
     pub hops: u32,
+    /// Counters each fan-out message goes to (--workload fanout); `{fanout}` in --body stands
+    /// for it.
+    #[arg(long, default_value_t = 4)]
+    pub fanout: u32,
     /// Keys to spread requests over, rendered k0, k1, ...
     #[arg(long, default_value_t = 10_000)]
     pub keys: u64,
@@ -76,6 +80,10 @@ pub struct Args {
     /// Writes the latency distribution (microseconds) in HdrHistogram's .hgrm text format.
     #[arg(long)]
     pub hgrm: Option<PathBuf>,
+    /// Writes the latency distribution as an SVG chart: latency by percentile, the percentiles
+    /// spaced as in HdrHistogram's plots (90%, 99%, 99.9%, ... equally apart).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
 }
 
 /// The example functions of `statefun serve`, and the request each one takes.
@@ -85,6 +93,8 @@ pub enum Workload {
     Counter,
     /// example/chain: a message travels --hops addresses and the answer comes back.
     Chain,
+    /// example/fanout: a message goes to --fanout counters and is answered once all replied.
+    Fanout,
 }
 
 impl Workload {
@@ -92,6 +102,7 @@ impl Workload {
         match self {
             Workload::Counter => "/v1/call/example/counter/{key}",
             Workload::Chain => "/v1/call/example/chain/{key}",
+            Workload::Fanout => "/v1/call/example/fanout/{key}",
         }
     }
 
@@ -99,6 +110,7 @@ impl Workload {
         match self {
             Workload::Counter => "1",
             Workload::Chain => "{hops}",
+            Workload::Fanout => "{fanout}",
         }
     }
 
@@ -106,6 +118,7 @@ impl Workload {
         match self {
             Workload::Counter => "Content-Type: application/vnd.example/delta",
             Workload::Chain => "Content-Type: application/vnd.example/hops",
+            Workload::Fanout => "Content-Type: application/vnd.example/fanout",
         }
     }
 }
@@ -150,15 +163,20 @@ impl Args {
             (Some(_), _) => "custom requests",
             (None, Workload::Counter) => "example/counter",
             (None, Workload::Chain) => "example/chain",
+            (None, Workload::Fanout) => "example/fanout",
         }
     }
 
     /// Checks the flags and fills in the workload's defaults.
     pub fn config(&self) -> Result<Config, Error> {
         let target = Target::parse(&self.target)?;
-        let hops = self.hops.to_string();
         let path = self.path.as_deref().unwrap_or(self.workload.path());
-        let body = self.body.as_deref().unwrap_or(self.workload.body()).replace("{hops}", &hops);
+        let body = self
+            .body
+            .as_deref()
+            .unwrap_or(self.workload.body())
+            .replace("{hops}", &self.hops.to_string())
+            .replace("{fanout}", &self.fanout.to_string());
         let headers =
             if self.headers.is_empty() { vec![self.workload.header().to_string()] } else { self.headers.clone() };
         let request = RequestSpec::new(&target, &self.method, path, &body, &headers)?;
@@ -253,6 +271,18 @@ mod tests {
     }
 
     #[test]
+    fn the_fanout_workload_sends_its_width() {
+        let six = config(&["--workload", "fanout", "--fanout", "6"]).unwrap();
+        let request = six.request.build(2).unwrap();
+        assert_eq!(request.uri(), "/v1/call/example/fanout/k2");
+        assert_eq!(request.headers()[CONTENT_TYPE], "application/vnd.example/fanout");
+        assert_eq!(body(&six, 2), "6");
+        assert_eq!(body(&config(&["--workload", "fanout"]).unwrap(), 0), "4");
+        let both = config(&["--body", "{hops}/{fanout}", "--hops", "2", "--fanout", "9"]).unwrap();
+        assert_eq!(body(&both, 0), "2/9");
+    }
+
+    #[test]
     fn given_flags_replace_the_workload_defaults() {
         let flags = ["--path", "/v1/send/a/b/{key}", "--body", "{key}:{hops}", "--header", "Content-Type: text/x"];
         let config = config(&[&flags[..], &["--method", "PUT", "--hops", "2"]].concat()).unwrap();
@@ -290,6 +320,7 @@ mod tests {
             &["--keys", "0"],
             &["--header", "no colon"],
             &["--workload", "reminder"],
+            &["--fanout", "-1"],
         ] {
             assert!(config(flags).is_err(), "{flags:?}");
         }

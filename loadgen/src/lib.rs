@@ -10,6 +10,7 @@
 //! - [`http`]: the target, the request, one keep-alive connection;
 //! - [`run`]: lanes of workers on single-threaded runtimes, and the progress feed;
 //! - [`report`]: what was measured, the summary, the JSON and `.hgrm` outputs;
+//! - [`plot`]: the latency distribution as an SVG chart (`--plot`);
 //! - [`limits`]: every bound, with its reason.
 
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod http;
 pub mod keys;
 pub mod limits;
 pub mod pacer;
+pub mod plot;
 pub mod report;
 pub mod run;
 pub mod schedule;

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 use statefun_loadgen::config::{Args, Load};
+use statefun_loadgen::plot;
 use statefun_loadgen::report::{self, Report};
 use statefun_loadgen::run::{self, Phase, Progress};
 
@@ -30,10 +31,9 @@ fn generate(args: &Args) -> anyhow::Result<()> {
         Load::Closed { .. } => format!("closed loop on {connections}"),
         Load::Open { rate_per_s, .. } => format!("open loop, {rate_per_s} requests/s on up to {connections}"),
     };
+    let run = format!("{} {}, {pacing}", config.target, args.workload_name());
     eprintln!(
-        "statefun-loadgen: {} {}, {pacing}, {}, {} s warmup + {} s measured",
-        config.target,
-        args.workload_name(),
+        "statefun-loadgen: {run}, {}, {} s warmup + {} s measured",
         counted(config.threads, "thread"),
         config.warmup.as_secs_f64(),
         config.duration.as_secs_f64()
@@ -50,6 +50,10 @@ fn generate(args: &Args) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.hgrm {
         write_file(path, |out| report::write_hgrm(&report.tally.latency_us, out))?;
+    }
+    if let Some(path) = &args.plot {
+        let title = format!("Latency by percentile: {run}");
+        write_file(path, |out| plot::write_svg(&report.tally.latency_us, &title, out))?;
     }
     Ok(())
 }

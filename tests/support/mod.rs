@@ -30,31 +30,55 @@ impl Server {
         server
     }
 
-    /// Starts `statefun serve` on `data_dir`, which outlives the server.
+    /// Starts `statefun serve` on `data_dir`, which outlives the server. Without a
+    /// `--listen` in `args` the QUIC endpoints take free ports, so tests run side by side.
+    /// A node restarting on the ports of one just killed may find them not yet released (the
+    /// kernel tears a killed process's io_uring down in the background): it is started again
+    /// for a few seconds before the test gives up.
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Server {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match Server::try_start(data_dir, args) {
+                Ok(server) => return server,
+                Err(why) if Instant::now() < deadline && why.contains("cannot listen") => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(why) => panic!("statefun serve did not start: {why}"),
+            }
+        }
+    }
+
+    fn try_start(data_dir: &Path, args: &[&str]) -> Result<Server, String> {
         let data_dir = data_dir.to_owned();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_statefun"))
-            .arg("serve")
-            .args(["--http", "127.0.0.1:0", "--data-dir"])
-            .arg(&data_dir)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start statefun");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_statefun"));
+        command.arg("serve").args(["--http", "127.0.0.1:0", "--data-dir"]).arg(&data_dir);
+        if !args.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let mut child =
+            command.args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start statefun");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("read the start-up line");
+        let stderr = child.stderr.take().expect("stderr");
         if line.is_empty() {
+            let mut errors = String::new();
+            let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr), &mut errors);
             let status = child.wait().expect("wait for statefun");
-            panic!("statefun serve exited before serving: {status}");
+            return Err(format!("{status}: {errors}"));
         }
+        // Keep showing the node's log, as an inherited stderr would.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+            }
+        });
         let url = line
             .split_whitespace()
             .find(|word| word.starts_with("http://"))
             .unwrap_or_else(|| panic!("no URL in the start-up line {line:?}"))
             .to_string();
-        Server { child, url, data_dir, owns_data: false }
+        Ok(Server { child, url, data_dir, owns_data: false })
     }
 
     /// Kills the server with SIGKILL, as a crash would.
