@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::http::{RequestSpec, Target};
+use std::fmt;
+
+use crate::http::{self, RequestSpec};
 use crate::keys::{Distribution, KeyPicker};
+use crate::native;
 use crate::{limits, Error};
 
 /// The open-loop connection pool when `--rate` is given without `--concurrency`.
@@ -21,9 +24,23 @@ pub const SEED_DEFAULT: u64 = 0x5eed;
 #[derive(Debug, Clone, Parser)]
 #[command(name = "statefun-loadgen", version)]
 pub struct Args {
-    /// Where to send requests: http://HOST:PORT.
+    /// Where to send requests: http://HOST:PORT, or quic://HOST:PORT for the native protocol
+    /// (shard 0's address; the client learns the others).
     #[arg(long)]
     pub target: String,
+    /// quic:// only: the node's data directory, for its development certificate and client
+    /// token.
+    #[arg(long, default_value = "data")]
+    pub data_dir: PathBuf,
+    /// quic:// only: a certificate (or CA) file to trust instead of the development one.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// quic:// only: the client token instead of the data directory's.
+    #[arg(long)]
+    pub token: Option<String>,
+    /// quic:// only: the name the server's certificate must carry.
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
     /// Request path; `{key}` is replaced by the request's key [default: from --workload].
     #[arg(long)]
     pub path: Option<String>,
@@ -140,11 +157,34 @@ impl Load {
     }
 }
 
+/// Where a run sends its requests.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Http(http::Target),
+    Native(native::Target),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Http(target) => target.fmt(f),
+            Target::Native(target) => target.fmt(f),
+        }
+    }
+}
+
+/// The request a run sends, for its kind of target.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Http(RequestSpec),
+    Native(native::RequestSpec),
+}
+
 /// A checked run.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub target: Target,
-    pub request: RequestSpec,
+    pub request: Request,
     pub keys: Arc<KeyPicker>,
     pub seed: u64,
     pub load: Load,
@@ -169,7 +209,6 @@ impl Args {
 
     /// Checks the flags and fills in the workload's defaults.
     pub fn config(&self) -> Result<Config, Error> {
-        let target = Target::parse(&self.target)?;
         let path = self.path.as_deref().unwrap_or(self.workload.path());
         let body = self
             .body
@@ -179,7 +218,22 @@ impl Args {
             .replace("{fanout}", &self.fanout.to_string());
         let headers =
             if self.headers.is_empty() { vec![self.workload.header().to_string()] } else { self.headers.clone() };
-        let request = RequestSpec::new(&target, &self.method, path, &body, &headers)?;
+        let credentials = native::Credentials {
+            data_dir: &self.data_dir,
+            ca: self.ca.as_ref(),
+            token: self.token.as_deref(),
+            server_name: &self.server_name,
+        };
+        let (target, request) = match native::Target::parse(&self.target, &credentials) {
+            Some(target) => {
+                (Target::Native(target?), Request::Native(native::RequestSpec::new(path, &body, &headers)?))
+            }
+            None => {
+                let target = http::Target::parse(&self.target)?;
+                let request = RequestSpec::new(&target, &self.method, path, &body, &headers)?;
+                (Target::Http(target), Request::Http(request))
+            }
+        };
         let keys = Arc::new(KeyPicker::new(self.keys, self.distribution)?);
 
         let load = match self.rate {
@@ -230,7 +284,7 @@ fn parse_seconds(text: &str) -> Result<Duration, String> {
 mod tests {
     //! Flags parsed as from the command line, and the run they make inspected.
 
-    use http::header::CONTENT_TYPE;
+    use ::http::header::CONTENT_TYPE;
     use http_body_util::BodyExt;
 
     use super::*;
@@ -241,8 +295,15 @@ mod tests {
         args.config()
     }
 
+    fn http(config: &Config) -> &RequestSpec {
+        match &config.request {
+            Request::Http(spec) => spec,
+            Request::Native(_) => panic!("not an HTTP request"),
+        }
+    }
+
     fn body(config: &Config, key: u64) -> String {
-        let body = config.request.build(key).unwrap().into_body();
+        let body = http(config).build(key).unwrap().into_body();
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         String::from_utf8(runtime.block_on(body.collect()).unwrap().to_bytes().to_vec()).unwrap()
     }
@@ -250,7 +311,7 @@ mod tests {
     #[test]
     fn the_counter_workload_is_the_default() {
         let config = config(&[]).unwrap();
-        let request = config.request.build(5).unwrap();
+        let request = http(&config).build(5).unwrap();
         assert_eq!(request.method(), "POST");
         assert_eq!(request.uri(), "/v1/call/example/counter/k5");
         assert_eq!(request.headers()[CONTENT_TYPE], "application/vnd.example/delta");
@@ -263,7 +324,7 @@ mod tests {
     #[test]
     fn the_chain_workload_sends_its_hops() {
         let five = config(&["--workload", "chain", "--hops", "5"]).unwrap();
-        let request = five.request.build(7).unwrap();
+        let request = http(&five).build(7).unwrap();
         assert_eq!(request.uri(), "/v1/call/example/chain/k7");
         assert_eq!(request.headers()[CONTENT_TYPE], "application/vnd.example/hops");
         assert_eq!(body(&five, 7), "5");
@@ -273,7 +334,7 @@ mod tests {
     #[test]
     fn the_fanout_workload_sends_its_width() {
         let six = config(&["--workload", "fanout", "--fanout", "6"]).unwrap();
-        let request = six.request.build(2).unwrap();
+        let request = http(&six).build(2).unwrap();
         assert_eq!(request.uri(), "/v1/call/example/fanout/k2");
         assert_eq!(request.headers()[CONTENT_TYPE], "application/vnd.example/fanout");
         assert_eq!(body(&six, 2), "6");
@@ -286,7 +347,7 @@ mod tests {
     fn given_flags_replace_the_workload_defaults() {
         let flags = ["--path", "/v1/send/a/b/{key}", "--body", "{key}:{hops}", "--header", "Content-Type: text/x"];
         let config = config(&[&flags[..], &["--method", "PUT", "--hops", "2"]].concat()).unwrap();
-        let request = config.request.build(1).unwrap();
+        let request = http(&config).build(1).unwrap();
         assert_eq!((request.method().as_str(), request.uri().to_string()), ("PUT", "/v1/send/a/b/k1".to_string()));
         assert_eq!(request.headers().get_all(CONTENT_TYPE).iter().collect::<Vec<_>>(), ["text/x"]);
         assert_eq!(body(&config, 1), "k1:2");
@@ -303,8 +364,9 @@ mod tests {
 
     #[test]
     fn bad_flags_are_refused_with_a_reason() {
-        let quic = Args::try_parse_from(["statefun-loadgen", "--target", "quic://127.0.0.1:8071"]).unwrap().config();
-        assert_eq!(quic.unwrap_err().to_string(), crate::http::QUIC_NOT_AVAILABLE);
+        let quic = ["statefun-loadgen", "--target", "quic://127.0.0.1:8071", "--data-dir", "/nonexistent/data"];
+        let quic = Args::try_parse_from(quic).unwrap().config().unwrap_err().to_string();
+        assert!(quic.contains("/nonexistent/data/tls/cert.pem"), "{quic}");
         for flags in [
             &["--rate", "0"][..],
             &["--rate", "-5"],

@@ -23,12 +23,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::task::LocalSet;
 
-use crate::config::{Config, Load};
-use crate::http::{Connection, Failure};
+use crate::config::{Config, Load, Request, Target};
+use crate::http::Failure;
 use crate::keys::Rng;
 use crate::report::{Report, Tally};
 use crate::schedule::{Schedule, Window};
-use crate::{limits, pacer, Error};
+use crate::{http, limits, native, pacer, Error};
 
 /// What the live progress line shows.
 #[derive(Debug, Clone, PartialEq)]
@@ -221,11 +221,19 @@ impl LanePlan {
         updates: &mpsc::Sender<Update>,
     ) -> Result<Option<thread::JoinHandle<()>>, Error> {
         let config = &self.config;
+        let unreachable =
+            |failure: Failure| Error::Connect { target: config.target.to_string(), reason: failure.to_string() };
         let mut connections = Vec::new();
+        // A native client multiplexes: the lane's workers share one.
+        let native = match &config.target {
+            Target::Native(target) => Some(native::Connection::open(target).await.map_err(unreachable)?),
+            Target::Http(_) => None,
+        };
         for _ in 0..self.connections() {
-            let connection = Connection::open(config.target.address)
-                .await
-                .map_err(|failure| Error::Connect { target: config.target.to_string(), reason: failure.to_string() })?;
+            let connection = match &native {
+                Some(client) => Connection::Native(client.clone()),
+                None => Connection::open(config).await.map_err(unreachable)?,
+            };
             connections.push(connection);
         }
         send(updates, Update::Connected).await?;
@@ -335,6 +343,39 @@ impl OpenLoop {
     }
 }
 
+/// A worker's way to the target: its own HTTP connection, or its share of the lane's
+/// native client.
+enum Connection {
+    Http(http::Connection),
+    Native(native::Connection),
+}
+
+impl Connection {
+    async fn open(config: &Config) -> Result<Connection, Failure> {
+        match &config.target {
+            Target::Http(target) => Ok(Connection::Http(http::Connection::open(target.address).await?)),
+            Target::Native(target) => Ok(Connection::Native(native::Connection::open(target).await?)),
+        }
+    }
+
+    /// Whether the connection can take a request; `false` when the server closed it.
+    async fn ready(&mut self) -> bool {
+        match self {
+            Connection::Http(connection) => connection.ready().await,
+            // The client reconnects by itself.
+            Connection::Native(_) => true,
+        }
+    }
+
+    async fn send(&mut self, request: &Request, key: u64) -> Result<(), Failure> {
+        match (self, request) {
+            (Connection::Http(connection), Request::Http(spec)) => connection.send(spec.build(key)?).await,
+            (Connection::Native(connection), Request::Native(spec)) => connection.send(spec, key).await,
+            _ => Err(Failure::Request("the request does not fit the target".into())),
+        }
+    }
+}
+
 /// One worker: one connection, one request at a time, until the lane's requests are done.
 async fn work(lane: Rc<Lane>, connection: Connection, tally: Rc<RefCell<Tally>>, mut rng: Rng) {
     let window = lane.window;
@@ -374,7 +415,6 @@ async fn exchange(
     key: u64,
     drain_until: Instant,
 ) -> Result<(), Failure> {
-    let request = config.request.build(key)?;
     let deadline = (Instant::now() + Duration::from_millis(limits::request_timeout_ms)).min(drain_until);
     let sent = async {
         // A connection the server closed while idle is replaced before the request goes out:
@@ -386,9 +426,9 @@ async fn exchange(
         }
         let open = match connection {
             Some(open) => open,
-            None => connection.insert(Connection::open(config.target.address).await?),
+            None => connection.insert(Connection::open(config).await?),
         };
-        open.send(request).await
+        open.send(&config.request, key).await
     };
     let outcome = tokio::time::timeout_at(deadline.into(), sent).await.unwrap_or(Err(Failure::Timeout));
     if outcome.as_ref().is_err_and(Failure::breaks_connection) {
@@ -437,9 +477,9 @@ mod tests {
     use std::convert::Infallible;
     use std::net::SocketAddr;
 
+    use ::http::{Request, Response, StatusCode};
     use bytes::Bytes;
     use clap::Parser;
-    use http::{Request, Response, StatusCode};
     use http_body_util::{BodyExt, Full};
     use hyper::body::Incoming;
     use tokio::sync::Semaphore;

@@ -1,5 +1,5 @@
 //! The load generator against a real node: `statefun serve` on free ports and, for each
-//! example workload (counter, chain, fanout), a short closed-loop run of the
+//! example workload (counter, chain, fanout) over HTTP and over QUIC, a short closed-loop run of the
 //! `statefun-loadgen` binary. Each run must exit cleanly, complete requests without a single
 //! error, and write its JSON summary with every field and its SVG plot.
 //!
@@ -22,10 +22,17 @@ fn every_workload_runs_against_the_node_without_errors() {
     let node = Node::start();
     let output = node.data_dir.with_extension("out");
     std::fs::create_dir_all(&output).unwrap();
-    for workload in ["counter", "chain", "fanout"] {
-        let (json, plot) = (output.join(format!("{workload}.json")), output.join(format!("{workload}.svg")));
+    let targets = [&node.url, &node.quic];
+    for (workload, target) in
+        ["counter", "chain", "fanout"].into_iter().flat_map(|workload| targets.map(|target| (workload, target)))
+    {
+        let protocol = target.split(':').next().unwrap();
+        let (json, plot) =
+            (output.join(format!("{workload}-{protocol}.json")), output.join(format!("{workload}-{protocol}.svg")));
         let run = Command::new(env!("CARGO_BIN_EXE_statefun-loadgen"))
-            .args(["--target", &node.url, "--workload", workload, "--concurrency", "4", "--threads", "2"])
+            .args(["--target", target, "--workload", workload, "--concurrency", "4", "--threads", "2"])
+            .arg("--data-dir")
+            .arg(&node.data_dir)
             .args(["--duration", "1", "--warmup", "0.2", "--json"])
             .arg(&json)
             .arg("--plot")
@@ -67,6 +74,8 @@ fn fields(json: &str) -> Vec<(String, f64)> {
 struct Node {
     child: Child,
     url: String,
+    /// Shard 0's native endpoint, `quic://127.0.0.1:PORT`.
+    quic: String,
     data_dir: PathBuf,
 }
 
@@ -83,12 +92,12 @@ impl Node {
         // The first line says where it serves: `statefun serving http://127.0.0.1:PORT ...`.
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let url = line.split_whitespace().find(|word| word.starts_with("http://")).map(str::to_string);
-        let Some(url) = url else {
+        let url = |scheme: &str| line.split_whitespace().find(|word| word.starts_with(scheme)).map(str::to_string);
+        let (Some(http), Some(quic)) = (url("http://"), url("quic://")) else {
             let _ = child.kill();
             panic!("statefun serve did not say where it serves: {line:?}, {:?}", child.wait());
         };
-        Node { child, url, data_dir }
+        Node { child, url: http, quic, data_dir }
     }
 }
 
