@@ -17,7 +17,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Runs a node with the example application (example/counter, example/chain, example/reminder).
+    /// Runs a node with the example application (example/counter, chain, fanout, forward, reminder).
     Serve(ServeArgs),
     /// Calls a function over the native protocol and prints its reply.
     Call(CallArgs),
