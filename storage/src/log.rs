@@ -583,3 +583,73 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+#[cfg(test)]
+mod fixtures {
+    //! The committed logs in `storage/tests/fixtures/`: every format version this code has
+    //! written must still load, record for record. Fixture v1 holds one record of every kind
+    //! (`codec::tests::samples`) in two batches. Damaged copies of it stand for a torn tail and
+    //! for damage in the middle. `STATEFUN_WRITE_FIXTURES=1` writes the fixture anew (only ever
+    //! for a new format version).
+
+    use super::*;
+    use crate::codec::tests::samples;
+
+    const FIXTURE_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1/00000000.seg");
+    const FIXTURE_BYTES: usize = 16 * 1024;
+
+    fn write_fixture() {
+        let mut bytes = vec![0u8; FIXTURE_BYTES];
+        let mut builder = BatchBuilder::new(Lsn(1));
+        let mut at = 0;
+        for batch in samples().chunks(4) {
+            for record in batch {
+                builder.push(&codec::encode(record).unwrap());
+            }
+            let sealed = builder.seal();
+            bytes[at..at + sealed.bytes.len()].copy_from_slice(&sealed.bytes);
+            at += sealed.bytes.len();
+        }
+        std::fs::write(FIXTURE_V1, bytes).unwrap();
+    }
+
+    fn recover(bytes: &[u8]) -> Result<Plan, Error> {
+        let mut recovery = Recovery::new(Path::new("fixture"));
+        recovery.segment(0, bytes)?;
+        Ok(recovery.finish())
+    }
+
+    #[test]
+    fn format_v1_still_loads() {
+        if std::env::var_os("STATEFUN_WRITE_FIXTURES").is_some() {
+            write_fixture();
+        }
+        let bytes = std::fs::read(FIXTURE_V1).unwrap();
+        let plan = recover(&bytes).unwrap();
+        assert_eq!(plan.records, samples());
+        assert_eq!(plan.next_lsn, Lsn(9));
+        assert_eq!(plan.tail, Some((0, 2 * block_bytes)));
+        assert!(plan.torn.is_none());
+    }
+
+    #[test]
+    fn a_torn_tail_of_the_fixture_is_cut() {
+        let mut bytes = std::fs::read(FIXTURE_V1).unwrap();
+        bytes[block_bytes as usize + 100] ^= 0x20;
+        let plan = recover(&bytes).unwrap();
+        assert_eq!(plan.records, samples()[..4]);
+        let (segment, offset, why) = plan.torn.unwrap();
+        assert_eq!((segment, offset), (0, block_bytes));
+        assert!(why.contains("checksum"), "{why}");
+    }
+
+    #[test]
+    fn damage_in_the_middle_of_the_fixture_is_an_error() {
+        let mut bytes = std::fs::read(FIXTURE_V1).unwrap();
+        bytes[100] ^= 0x20;
+        let error = recover(&bytes).unwrap_err();
+        let text = error.to_string();
+        assert!(matches!(error, Error::Corrupt { offset: 0, .. }), "{text}");
+        assert!(text.contains("statefun log truncate fixture/00000000.seg 0"), "{text}");
+    }
+}
