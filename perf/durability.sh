@@ -7,16 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
-cargo build --release -q -p statefun -p statefun-loadgen -p statefun-perf
-bin=target/release
-work=$(mktemp -d -p "${TMPDIR:-/tmp}" statefun-durability.XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+source perf/node.sh
+perf_setup durability
 
-serve() { # durability
-  "$bin/statefun" serve --http 127.0.0.1:0 --data-dir "$work/data-$1" --durability "$1" >"$work/serve.out" 2>"$work/serve.err" &
-  for _ in $(seq 200); do grep -q http "$work/serve.out" 2>/dev/null && break; sleep 0.05; done
-  url=$(grep -o 'http://[0-9.:]*' "$work/serve.out")
-}
 metric() { # name
   curl -s "$url/metrics" | awk -v name="$1" '$1 ~ "^"name"[{]" { sum += $2 } END { print sum + 0 }'
 }
@@ -35,7 +28,7 @@ batches0=$(metric statefun_log_batches_total); records0=$(metric statefun_log_re
 load 64 "fsync c=64"
 batches1=$(metric statefun_log_batches_total); records1=$(metric statefun_log_records_total)
 echo "fsync c=64: $(( (records1 - records0) / (batches1 - batches0 > 0 ? batches1 - batches0 : 1) )) records per fsync ($(( records1 - records0 )) records, $(( batches1 - batches0 )) fsyncs)"
-kill %1; wait %1 2>/dev/null || true
+stop
 
 serve memory
 load 64 "memory c=64"
