@@ -11,8 +11,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use statefun::core::{Address, TypeName, TypedValue};
-use statefun_net::client::{Client, ClientConfig, ClientError};
+use statefun_net::client::{Client, ClientConfig};
 use statefun_net::frame::{self, Kind};
+use statefun_net::Error;
 use support::{data_dir, get, Server};
 
 fn address(text: &str) -> Address {
@@ -149,7 +150,7 @@ fn bad_frames_close_only_their_connection_and_strangers_are_refused() {
         let mut stranger = ClientConfig::dev(connect, &data).unwrap();
         stranger.token = "not-the-token".into();
         let refused = Client::connect(stranger).await.unwrap_err();
-        assert!(matches!(&refused, ClientError::Refused(why) if why.contains("unauthenticated")), "{refused}");
+        assert!(matches!(&refused, Error::Refused(why) if why.contains("unauthenticated")), "{refused}");
 
         // A raw connection that says hello properly, then sends garbage.
         let config = ClientConfig::dev(connect, &data).unwrap();

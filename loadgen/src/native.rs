@@ -13,7 +13,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 
 use statefun_core::{Address, TypeName, TypedValue};
-use statefun_net::client::{Client, ClientConfig, ClientError};
+use statefun_net::client::{Client, ClientConfig};
 use statefun_net::tls;
 
 use crate::http::Failure;
@@ -121,12 +121,11 @@ pub struct Connection {
     client: Client,
 }
 
-fn failure(error: ClientError) -> Failure {
+fn failure(error: statefun_net::Error) -> Failure {
     match error {
-        ClientError::Connect { .. } | ClientError::Refused(_) | ClientError::Tls(_) => {
-            Failure::Connect(error.to_string())
-        }
-        ClientError::GaveUp(..) => Failure::Timeout,
+        error @ statefun_net::Error::Connect { .. } => Failure::Connect(error.to_string()),
+        error if error.is_permanent() => Failure::Connect(error.to_string()),
+        statefun_net::Error::GaveUp(..) => Failure::Timeout,
         other => Failure::Broken(other.to_string()),
     }
 }

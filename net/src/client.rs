@@ -7,7 +7,7 @@
 //! it is applied once.
 //!
 //! ```no_run
-//! # async fn example() -> Result<(), statefun_net::client::ClientError> {
+//! # async fn example() -> Result<(), statefun_net::Error> {
 //! use statefun_core::{Address, TypeName, TypedValue};
 //! use statefun_net::client::{Client, ClientConfig};
 //!
@@ -31,7 +31,8 @@ use statefun_core::{Address, Routing, ShardId, TypeName, TypedValue};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::frame::{self, Kind};
-use crate::tls::{self, DevFiles, TlsError};
+use crate::tls::{self, DevFiles};
+use crate::Error;
 
 /// How long a request keeps trying (reconnecting, resending) before it gives up.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(30);
@@ -41,29 +42,6 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 const WRITE_QUEUE_FRAMES_MAX: usize = 4096;
 /// Egress records waiting for the subscriber to take them.
 const SUBSCRIPTION_QUEUE_MAX: usize = 4096;
-
-/// What can go wrong for a client; each says what.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    #[error("cannot reach {address}: {why}")]
-    Connect { address: SocketAddr, why: String },
-    #[error("the server refused the connection: {0}")]
-    Refused(String),
-    #[error("the server refused the request: {0}")]
-    RequestRefused(String),
-    #[error("{0}")]
-    Failed(String),
-    #[error("gave up after {0:?} of retries: {1}")]
-    GaveUp(Duration, String),
-    #[error("protocol error: {0}")]
-    Protocol(String),
-    #[error(transparent)]
-    Model(#[from] statefun_core::Error),
-    #[error(transparent)]
-    Function(#[from] statefun_core::FunctionError),
-}
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -79,7 +57,7 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// Trusts the development certificate of a node's data directory and takes its token:
     /// for a client on the same machine.
-    pub fn dev(connect: SocketAddr, data_dir: &Path) -> Result<ClientConfig, ClientError> {
+    pub fn dev(connect: SocketAddr, data_dir: &Path) -> Result<ClientConfig, Error> {
         let files = DevFiles::in_data_dir(data_dir);
         Ok(ClientConfig {
             connect,
@@ -140,24 +118,24 @@ struct Inner {
 
 impl Client {
     /// Connects to `config.connect` and learns the cluster map.
-    pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+    pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
         let bind: SocketAddr = if config.connect.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
         let mut endpoint = quinn::Endpoint::client(bind)
-            .map_err(|error| ClientError::Connect { address: config.connect, why: error.to_string() })?;
+            .map_err(|error| Error::Connect { address: config.connect, why: error.to_string() })?;
         endpoint.set_default_client_config(config.tls.clone());
         let (link, welcome) = open_link(&endpoint, &config, config.connect).await?;
         let mut shards = Vec::with_capacity(welcome.shards.len());
         for (index, shard) in welcome.shards.iter().enumerate() {
             if usize::from(shard.shard) != index {
-                return Err(ClientError::Protocol("the cluster map is not in shard order".into()));
+                return Err(Error::Protocol("the cluster map is not in shard order".into()));
             }
             let address = resolve(&shard.address, config.connect)?;
             let slot = if shard.shard == welcome.shard { Some(link.clone()) } else { None };
             shards.push((address, tokio::sync::Mutex::new(slot)));
         }
-        let shard_count = u16::try_from(shards.len()).map_err(|_| ClientError::Protocol("too many shards".into()))?;
+        let shard_count = u16::try_from(shards.len()).map_err(|_| Error::Protocol("too many shards".into()))?;
         if shard_count == 0 {
-            return Err(ClientError::Protocol("an empty cluster map".into()));
+            return Err(Error::Protocol("an empty cluster map".into()));
         }
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
         let key_prefix = format!("c{nanos:x}-{}", std::process::id());
@@ -178,31 +156,26 @@ impl Client {
     }
 
     /// Sends `value` to `target` and waits for the function's reply to its caller.
-    pub async fn call(&self, target: &Address, value: &TypedValue) -> Result<TypedValue, ClientError> {
+    pub async fn call(&self, target: &Address, value: &TypedValue) -> Result<TypedValue, Error> {
         match self.request(target, value, frame::Want::Answer, None).await? {
             frame::Outcome::Reply { typename, value } => Ok(TypedValue::new(TypeName::parse(&typename)?, value)),
-            other => Err(ClientError::Protocol(format!("a call ended with {other:?}"))),
+            other => Err(Error::Protocol(format!("a call ended with {other:?}"))),
         }
     }
 
     /// Sends `value` to `target`; returns once the message is durably in the target's mailbox.
-    pub async fn send(&self, target: &Address, value: &TypedValue) -> Result<(), ClientError> {
+    pub async fn send(&self, target: &Address, value: &TypedValue) -> Result<(), Error> {
         match self.request(target, value, frame::Want::Admission, None).await? {
             frame::Outcome::Admitted => Ok(()),
-            other => Err(ClientError::Protocol(format!("a send ended with {other:?}"))),
+            other => Err(Error::Protocol(format!("a send ended with {other:?}"))),
         }
     }
 
     /// As [`Client::call`], with the caller's own idempotency key.
-    pub async fn call_with_key(
-        &self,
-        target: &Address,
-        value: &TypedValue,
-        key: &str,
-    ) -> Result<TypedValue, ClientError> {
+    pub async fn call_with_key(&self, target: &Address, value: &TypedValue, key: &str) -> Result<TypedValue, Error> {
         match self.request(target, value, frame::Want::Answer, Some(key)).await? {
             frame::Outcome::Reply { typename, value } => Ok(TypedValue::new(TypeName::parse(&typename)?, value)),
-            other => Err(ClientError::Protocol(format!("a call ended with {other:?}"))),
+            other => Err(Error::Protocol(format!("a call ended with {other:?}"))),
         }
     }
 
@@ -212,7 +185,7 @@ impl Client {
         value: &TypedValue,
         want: frame::Want,
         key: Option<&str>,
-    ) -> Result<frame::Outcome, ClientError> {
+    ) -> Result<frame::Outcome, Error> {
         let key = match key {
             Some(key) => key.to_string(),
             None => format!("{}-{}", self.inner.key_prefix, self.inner.key_next.fetch_add(1, Ordering::Relaxed)),
@@ -222,18 +195,16 @@ impl Client {
         let mut last_error = String::new();
         while started.elapsed() < REQUEST_DEADLINE {
             match self.attempt(shard, target, value, want, &key).await {
-                Ok(frame::Outcome::Failed(why)) => return Err(ClientError::Failed(why)),
-                Ok(frame::Outcome::Refused { reason, retry: false }) => {
-                    return Err(ClientError::RequestRefused(reason))
-                }
+                Ok(frame::Outcome::Failed(why)) => return Err(Error::Failed(why)),
+                Ok(frame::Outcome::Refused { reason, retry: false }) => return Err(Error::RequestRefused(reason)),
                 Ok(frame::Outcome::Refused { reason, retry: true }) => last_error = reason,
                 Ok(outcome) => return Ok(outcome),
-                Err(error @ (ClientError::Refused(_) | ClientError::Tls(_))) => return Err(error),
+                Err(error) if error.is_permanent() => return Err(error),
                 Err(error) => last_error = error.to_string(),
             }
             tokio::time::sleep(RETRY_PAUSE).await;
         }
-        Err(ClientError::GaveUp(REQUEST_DEADLINE, last_error))
+        Err(Error::GaveUp(REQUEST_DEADLINE, last_error))
     }
 
     async fn attempt(
@@ -243,7 +214,7 @@ impl Client {
         value: &TypedValue,
         want: frame::Want,
         key: &str,
-    ) -> Result<frame::Outcome, ClientError> {
+    ) -> Result<frame::Outcome, Error> {
         let link = self.link(shard).await?;
         let id = link.id_next.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
@@ -259,9 +230,9 @@ impl Client {
         };
         if link.writer.send(frame::encode(Kind::Request, &request)).await.is_err() {
             lock(&link.pending).remove(&id);
-            return Err(ClientError::Failed("the connection closed".into()));
+            return Err(Error::Failed("the connection closed".into()));
         }
-        let closed = || ClientError::Failed("the connection closed before the reply".into());
+        let closed = || Error::Failed("the connection closed before the reply".into());
         tokio::select! {
             outcome = receiver => outcome.map_err(|_| closed()),
             _ = link.connection.closed() => {
@@ -272,7 +243,7 @@ impl Client {
     }
 
     /// The live connection to `shard`, connecting (again) if needed.
-    async fn link(&self, shard: ShardId) -> Result<Arc<Link>, ClientError> {
+    async fn link(&self, shard: ShardId) -> Result<Arc<Link>, Error> {
         let (address, slot) = &self.inner.shards[usize::from(shard.0)];
         let mut slot = slot.lock().await;
         if let Some(link) = slot.as_ref().filter(|link| link.is_open()) {
@@ -280,7 +251,7 @@ impl Client {
         }
         let (link, welcome) = open_link(&self.inner.endpoint, &self.inner.config, *address).await?;
         if welcome.shard != shard.0 || usize::from(self.inner.routing.shards()) != welcome.shards.len() {
-            return Err(ClientError::Protocol(format!("{address} is no longer shard {} of the same cluster", shard.0)));
+            return Err(Error::Protocol(format!("{address} is no longer shard {} of the same cluster", shard.0)));
         }
         *slot = Some(link.clone());
         Ok(link)
@@ -289,7 +260,7 @@ impl Client {
     /// Streams `egress` from every shard, starting at each shard's position in `from` (0 for
     /// the oldest record still kept). Records of one shard come in order; after a broken
     /// connection the subscription resumes where it was.
-    pub fn subscribe(&self, egress: &TypeName, from: Vec<u64>) -> mpsc::Receiver<Result<EgressRecord, ClientError>> {
+    pub fn subscribe(&self, egress: &TypeName, from: Vec<u64>) -> mpsc::Receiver<Result<EgressRecord, Error>> {
         let (sender, receiver) = mpsc::channel(SUBSCRIPTION_QUEUE_MAX);
         for shard in 0..self.shards() {
             let client = self.clone();
@@ -299,8 +270,8 @@ impl Client {
                 loop {
                     match client.follow(ShardId(shard), &egress, &mut position, &sender).await {
                         Ok(()) => return, // The subscriber is gone.
-                        Err(ClientError::Refused(why)) => {
-                            let _ = sender.send(Err(ClientError::Refused(why))).await;
+                        Err(Error::Refused(why)) => {
+                            let _ = sender.send(Err(Error::Refused(why))).await;
                             return;
                         }
                         Err(_) => tokio::time::sleep(RETRY_PAUSE).await,
@@ -316,8 +287,8 @@ impl Client {
         shard: ShardId,
         egress: &str,
         position: &mut u64,
-        sender: &mpsc::Sender<Result<EgressRecord, ClientError>>,
-    ) -> Result<(), ClientError> {
+        sender: &mpsc::Sender<Result<EgressRecord, Error>>,
+    ) -> Result<(), Error> {
         let link = self.link(shard).await?;
         let id = link.id_next.fetch_add(1, Ordering::Relaxed);
         let (records, mut incoming) = mpsc::channel(SUBSCRIPTION_QUEUE_MAX);
@@ -326,7 +297,7 @@ impl Client {
         link.writer
             .send(frame::encode(Kind::Subscribe, &subscribe))
             .await
-            .map_err(|_| ClientError::Failed("closed".into()))?;
+            .map_err(|_| Error::Failed("closed".into()))?;
         loop {
             let record = tokio::select! {
                 record = incoming.recv() => record,
@@ -339,7 +310,7 @@ impl Client {
                 return Ok(());
             }
         }
-        Err(ClientError::Failed("the connection closed".into()))
+        Err(Error::Failed("the connection closed".into()))
     }
 }
 
@@ -347,9 +318,9 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn resolve(address: &str, fallback: SocketAddr) -> Result<SocketAddr, ClientError> {
+fn resolve(address: &str, fallback: SocketAddr) -> Result<SocketAddr, Error> {
     let parsed: SocketAddr =
-        address.parse().map_err(|_| ClientError::Protocol(format!("a bad shard address {address:?}")))?;
+        address.parse().map_err(|_| Error::Protocol(format!("a bad shard address {address:?}")))?;
     // A shard listening on every interface is reached where the client reached the first.
     if parsed.ip().is_unspecified() {
         return Ok(SocketAddr::new(fallback.ip(), parsed.port()));
@@ -362,8 +333,8 @@ async fn open_link(
     endpoint: &quinn::Endpoint,
     config: &ClientConfig,
     address: SocketAddr,
-) -> Result<(Arc<Link>, frame::Welcome), ClientError> {
-    let failed = |why: String| ClientError::Connect { address, why };
+) -> Result<(Arc<Link>, frame::Welcome), Error> {
+    let failed = |why: String| Error::Connect { address, why };
     let connecting = endpoint.connect(address, &config.server_name).map_err(|error| failed(error.to_string()))?;
     let connection = connecting.await.map_err(|error| failed(error.to_string()))?;
     let (mut send, mut receive) = connection.open_bi().await.map_err(|error| failed(error.to_string()))?;
@@ -371,25 +342,25 @@ async fn open_link(
     send.write_all(&hello).await.map_err(|error| failed(error.to_string()))?;
     let mut reader = frame::Reader::default();
     let welcome = loop {
-        if let Some((kind, payload)) = reader.next_frame().map_err(|error| ClientError::Protocol(error.to_string()))? {
+        if let Some((kind, payload)) = reader.next_frame().map_err(|error| Error::Protocol(error.to_string()))? {
             match kind {
                 Kind::Welcome => {
                     break frame::decode::<frame::Welcome>(kind, &payload)
-                        .map_err(|error| ClientError::Protocol(error.to_string()))?
+                        .map_err(|error| Error::Protocol(error.to_string()))?
                 }
                 Kind::Refused => {
                     let refused: frame::Refused =
-                        frame::decode(kind, &payload).map_err(|error| ClientError::Protocol(error.to_string()))?;
-                    return Err(ClientError::Refused(refused.reason));
+                        frame::decode(kind, &payload).map_err(|error| Error::Protocol(error.to_string()))?;
+                    return Err(Error::Refused(refused.reason));
                 }
-                other => return Err(ClientError::Protocol(format!("expected a Welcome, got {other:?}"))),
+                other => return Err(Error::Protocol(format!("expected a Welcome, got {other:?}"))),
             }
         }
         match receive.read_chunk(64 * 1024, true).await {
             Ok(Some(chunk)) => reader.extend(&chunk.bytes),
             Ok(None) => return Err(failed("the server closed the stream".into())),
             Err(quinn::ReadError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(close))) => {
-                return Err(ClientError::Refused(String::from_utf8_lossy(&close.reason).into_owned()));
+                return Err(Error::Refused(String::from_utf8_lossy(&close.reason).into_owned()));
             }
             Err(error) => return Err(failed(error.to_string())),
         }

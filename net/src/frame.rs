@@ -9,7 +9,7 @@
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
-use crate::limits;
+use crate::{limits, Error};
 
 /// "SFNP", little-endian: a statefun native protocol frame.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"SFNP");
@@ -139,23 +139,6 @@ pub struct Refused {
     pub reason: String,
 }
 
-/// A frame that cannot be read, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FrameError {
-    #[error("not a statefun frame (magic {0:#010x})")]
-    Magic(u32),
-    #[error("protocol version {0}; this side speaks {VERSION}")]
-    Version(u8),
-    #[error("unknown frame kind {0}")]
-    Kind(u8),
-    #[error("a frame of {0} bytes is larger than the limit of {max} bytes", max = limits::frame_bytes_max)]
-    TooLarge(usize),
-    #[error("a {kind:?} frame does not hold a valid message: {why}")]
-    Payload { kind: Kind, why: String },
-    #[error("expected a {expected:?} frame, got {got:?}")]
-    Unexpected { expected: &'static str, got: Kind },
-}
-
 /// A checked header: the frame's kind and the length of its payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
@@ -164,19 +147,19 @@ pub struct Header {
 }
 
 /// Reads a header from the start of `bytes` (at least [`HEADER_BYTES`] long).
-pub fn header(bytes: &[u8]) -> Result<Header, FrameError> {
+pub fn header(bytes: &[u8]) -> Result<Header, Error> {
     assert!(bytes.len() >= HEADER_BYTES);
     let magic = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     if magic != MAGIC {
-        return Err(FrameError::Magic(magic));
+        return Err(Error::Magic(magic));
     }
     if bytes[4] != VERSION {
-        return Err(FrameError::Version(bytes[4]));
+        return Err(Error::Version(bytes[4]));
     }
-    let kind = Kind::from_byte(bytes[5]).ok_or(FrameError::Kind(bytes[5]))?;
+    let kind = Kind::from_byte(bytes[5]).ok_or(Error::Kind(bytes[5]))?;
     let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
     if len > limits::frame_bytes_max {
-        return Err(FrameError::TooLarge(len));
+        return Err(Error::TooLarge(len));
     }
     Ok(Header { kind, len })
 }
@@ -201,25 +184,23 @@ where
 }
 
 /// Validates a payload and returns its archived message, read in place.
-pub fn access<T>(kind: Kind, payload: &AlignedVec) -> Result<&T::Archived, FrameError>
+pub fn access<T>(kind: Kind, payload: &AlignedVec) -> Result<&T::Archived, Error>
 where
     T: rkyv::Archive,
     T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>,
 {
-    rkyv::access::<T::Archived, rancor::Error>(payload)
-        .map_err(|error| FrameError::Payload { kind, why: error.to_string() })
+    rkyv::access::<T::Archived, rancor::Error>(payload).map_err(|error| Error::Payload { kind, why: error.to_string() })
 }
 
 /// Validates a payload and returns an owned message.
-pub fn decode<T>(kind: Kind, payload: &AlignedVec) -> Result<T, FrameError>
+pub fn decode<T>(kind: Kind, payload: &AlignedVec) -> Result<T, Error>
 where
     T: rkyv::Archive,
     T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>
         + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rancor::Error>>,
 {
     let archived = access::<T>(kind, payload)?;
-    rkyv::deserialize::<T, rancor::Error>(archived)
-        .map_err(|error| FrameError::Payload { kind, why: error.to_string() })
+    rkyv::deserialize::<T, rancor::Error>(archived).map_err(|error| Error::Payload { kind, why: error.to_string() })
 }
 
 /// Cuts whole frames out of a byte stream.
@@ -235,7 +216,7 @@ impl Reader {
 
     /// The next whole frame, if the buffer holds one: its kind and its payload, copied to an
     /// aligned buffer for in-place reading.
-    pub fn next_frame(&mut self) -> Result<Option<(Kind, AlignedVec)>, FrameError> {
+    pub fn next_frame(&mut self) -> Result<Option<(Kind, AlignedVec)>, Error> {
         if self.buffer.len() < HEADER_BYTES {
             return Ok(None);
         }
@@ -303,16 +284,16 @@ mod tests {
         let good = encode(Kind::Request, &request(vec![1; 10]));
         let mut magic = good.clone();
         magic[0] = b'X';
-        assert!(matches!(header(&magic), Err(FrameError::Magic(_))));
+        assert!(matches!(header(&magic), Err(Error::Magic(_))));
         let mut version = good.clone();
         version[4] = 9;
-        assert_eq!(header(&version), Err(FrameError::Version(9)));
+        assert!(matches!(header(&version), Err(Error::Version(9))));
         let mut kind = good.clone();
         kind[5] = 99;
-        assert_eq!(header(&kind), Err(FrameError::Kind(99)));
+        assert!(matches!(header(&kind), Err(Error::Kind(99))));
         let mut long = good.clone();
         long[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(header(&long), Err(FrameError::TooLarge(_))));
+        assert!(matches!(header(&long), Err(Error::TooLarge(_))));
     }
 
     proptest! {

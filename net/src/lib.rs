@@ -10,7 +10,10 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod error;
 pub mod frame;
 pub mod limits;
 pub mod server;
 pub mod tls;
+
+pub use error::Error;

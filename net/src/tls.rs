@@ -11,21 +11,10 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::Error;
+
 /// The name clients check the development certificate against.
 pub const DEV_SERVER_NAME: &str = "localhost";
-
-/// What can go wrong with certificates and tokens; each says which file.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("{op} {path} failed: {source}")]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
-    #[error("{path} holds no usable {what}: {why}")]
-    Pem { path: PathBuf, what: &'static str, why: String },
-    #[error("cannot generate the development certificate: {0}")]
-    Generate(String),
-    #[error("the TLS configuration is not usable: {0}")]
-    Config(String),
-}
 
 /// Where the development files of a data directory are.
 #[derive(Debug, Clone)]
@@ -50,10 +39,10 @@ impl DevFiles {
     }
 
     /// Creates the development certificate and token if they are missing.
-    pub fn ensure(&self) -> Result<(), TlsError> {
+    pub fn ensure(&self) -> Result<(), Error> {
         let io = |op: &'static str, path: &Path| {
             let path = path.to_owned();
-            move |source| TlsError::Io { op, path, source }
+            move |source| Error::Io { op, path, source }
         };
         if let Some(dir) = self.cert.parent() {
             std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
@@ -61,7 +50,7 @@ impl DevFiles {
         if !self.cert.exists() || !self.key.exists() {
             let names = vec![DEV_SERVER_NAME.to_string(), "127.0.0.1".to_string()];
             let certified =
-                rcgen::generate_simple_self_signed(names).map_err(|error| TlsError::Generate(error.to_string()))?;
+                rcgen::generate_simple_self_signed(names).map_err(|error| Error::Generate(error.to_string()))?;
             std::fs::write(&self.key, certified.signing_key.serialize_pem()).map_err(io("writing", &self.key))?;
             std::fs::write(&self.cert, certified.cert.pem()).map_err(io("writing", &self.cert))?;
         }
@@ -78,8 +67,8 @@ impl DevFiles {
         Ok(())
     }
 
-    pub fn read_reset_key(&self) -> Result<Vec<u8>, TlsError> {
-        let key = std::fs::read_to_string(&self.reset_key).map_err(|source| TlsError::Io {
+    pub fn read_reset_key(&self) -> Result<Vec<u8>, Error> {
+        let key = std::fs::read_to_string(&self.reset_key).map_err(|source| Error::Io {
             op: "reading",
             path: self.reset_key.clone(),
             source,
@@ -87,8 +76,8 @@ impl DevFiles {
         Ok(key.trim().as_bytes().to_vec())
     }
 
-    pub fn read_token(&self) -> Result<String, TlsError> {
-        let token = std::fs::read_to_string(&self.token).map_err(|source| TlsError::Io {
+    pub fn read_token(&self) -> Result<String, Error> {
+        let token = std::fs::read_to_string(&self.token).map_err(|source| Error::Io {
             op: "reading",
             path: self.token.clone(),
             source,
@@ -97,8 +86,8 @@ impl DevFiles {
     }
 }
 
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = |why: String| TlsError::Pem { path: path.to_owned(), what: "certificate", why };
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let pem = |why: String| Error::Pem { path: path.to_owned(), what: "certificate", why };
     let certificates: Vec<_> = CertificateDer::pem_file_iter(path)
         .map_err(|error| pem(error.to_string()))?
         .collect::<Result<_, _>>()
@@ -110,15 +99,15 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
 }
 
 /// The server side: the certificate chain and key from PEM files.
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<quinn_proto::ServerConfig>, TlsError> {
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<quinn_proto::ServerConfig>, Error> {
     let chain = certificates(cert)?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|error| TlsError::Pem {
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|error| Error::Pem {
         path: key.to_owned(),
         what: "private key",
         why: error.to_string(),
     })?;
     let mut config =
-        quinn_proto::ServerConfig::with_single_cert(chain, key).map_err(|error| TlsError::Config(error.to_string()))?;
+        quinn_proto::ServerConfig::with_single_cert(chain, key).map_err(|error| Error::TlsConfig(error.to_string()))?;
     let mut transport = quinn_proto::TransportConfig::default();
     transport.max_concurrent_bidi_streams(4u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
@@ -128,19 +117,19 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<quinn_proto::ServerC
 
 /// The client side: trusts the certificates in `anchor` (a CA, or the development
 /// certificate itself).
-pub fn client_config(anchor: &Path) -> Result<quinn::ClientConfig, TlsError> {
+pub fn client_config(anchor: &Path) -> Result<quinn::ClientConfig, Error> {
     let mut roots = rustls::RootCertStore::empty();
     for certificate in certificates(anchor)? {
-        roots.add(certificate).map_err(|error| TlsError::Config(error.to_string()))?;
+        roots.add(certificate).map_err(|error| Error::TlsConfig(error.to_string()))?;
     }
     let mut config = quinn::ClientConfig::with_root_certificates(Arc::new(roots))
-        .map_err(|error| TlsError::Config(error.to_string()))?;
+        .map_err(|error| Error::TlsConfig(error.to_string()))?;
     // Keep-alives find a dead server (one that cannot send a stateless reset) within the
     // idle timeout.
     let mut transport = quinn::TransportConfig::default();
     transport.keep_alive_interval(Some(std::time::Duration::from_secs(1)));
     let idle = quinn::IdleTimeout::try_from(std::time::Duration::from_secs(10))
-        .map_err(|error| TlsError::Config(error.to_string()))?;
+        .map_err(|error| Error::TlsConfig(error.to_string()))?;
     transport.max_idle_timeout(Some(idle));
     config.transport_config(Arc::new(transport));
     Ok(config)
