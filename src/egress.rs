@@ -42,11 +42,6 @@ impl EgressLog {
         }
     }
 
-    /// The position the next record will get.
-    pub fn end(&self) -> u64 {
-        self.first + self.records.len() as u64
-    }
-
     /// The oldest position still kept.
     pub fn first(&self) -> u64 {
         self.first
@@ -76,7 +71,9 @@ mod tests {
             log.push(egress(n));
         }
         assert_eq!(log.first(), 10);
-        assert_eq!(log.end(), limits::egress_records_retained_max as u64 + 10);
+        let last = limits::egress_records_retained_max as u64 + 9;
+        assert_eq!(log.get(last).unwrap().value.as_text().unwrap(), last.to_string());
+        assert!(log.get(last + 1).is_none());
         assert_eq!(log.get(10).unwrap().value.as_text().unwrap(), "10");
         assert!(log.get(9).is_none());
     }

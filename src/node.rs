@@ -137,7 +137,7 @@ impl Node {
         }
         // Bind once without SO_REUSEPORT: this fails if anyone else holds the port (the
         // shards' own sockets share it), and resolves port 0 to a real port.
-        let probe = std::net::TcpListener::bind(config.http)
+        let probe = bind_patiently(|| std::net::TcpListener::bind(config.http))
             .with_context(|| format!("cannot listen for HTTP on {}", config.http))?;
         let http = probe.local_addr()?;
         drop(probe);
@@ -252,6 +252,24 @@ impl Node {
     }
 }
 
+/// How long a port in use may take to come free: after a crash, the kernel tears the dead
+/// process's io_uring (and the sockets it holds) down in the background, so a node restarted
+/// at once can find its own ports still taken for a moment.
+const PORT_RELEASE_WAIT: Duration = Duration::from_secs(3);
+
+/// Binds, retrying while the address is in use, for at most `PORT_RELEASE_WAIT`.
+fn bind_patiently<T>(mut bind: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let deadline = std::time::Instant::now() + PORT_RELEASE_WAIT;
+    loop {
+        match bind() {
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 /// Every shard's QUIC address: consecutive ports from `listen`'s, or free ones for port 0.
 fn quic_addresses(listen: SocketAddr, shards: u16) -> anyhow::Result<Vec<SocketAddr>> {
     let mut addresses = Vec::with_capacity(usize::from(shards));
@@ -266,7 +284,7 @@ fn quic_addresses(listen: SocketAddr, shards: u16) -> anyhow::Result<Vec<SocketA
             }
         };
         // Binding says now, clearly, if a port is taken; port 0 becomes a real one.
-        let probe = std::net::UdpSocket::bind(wanted).with_context(|| {
+        let probe = bind_patiently(|| std::net::UdpSocket::bind(wanted)).with_context(|| {
             format!("cannot listen for QUIC on {wanted} (shard {shard}; --listen gives shard 0's port)")
         })?;
         addresses.push(probe.local_addr()?);

@@ -145,10 +145,6 @@ impl Registry {
     pub fn accepts(&self, typename: &TypeName) -> bool {
         self.functions.contains_key(typename) || self.endpoints.contains(typename)
     }
-
-    pub fn typenames(&self) -> impl Iterator<Item = &TypeName> {
-        self.functions.keys()
-    }
 }
 
 /// A value at rest in a shard, with the times its expiration is measured from.

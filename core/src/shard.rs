@@ -154,14 +154,6 @@ impl Shard {
         }
     }
 
-    pub fn id(&self) -> ShardId {
-        self.id
-    }
-
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
-    }
-
     /// The shard that hosts messages to `address`: its key group's owner, or for a request
     /// address the shard named in it.
     pub fn owner_of(&self, address: &Address) -> ShardId {

@@ -57,12 +57,6 @@ pub struct SealedBatch {
     pub records: u32,
 }
 
-impl SealedBatch {
-    pub fn last_lsn(&self) -> Lsn {
-        Lsn(self.first_lsn.0 + u64::from(self.records) - 1)
-    }
-}
-
 impl BatchBuilder {
     pub fn new(next_lsn: Lsn) -> Self {
         assert!(next_lsn.0 >= 1, "LSNs start at 1");

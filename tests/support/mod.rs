@@ -32,20 +32,8 @@ impl Server {
 
     /// Starts `statefun serve` on `data_dir`, which outlives the server. Without a
     /// `--listen` in `args` the QUIC endpoints take free ports, so tests run side by side.
-    /// A node restarting on the ports of one just killed may find them not yet released (the
-    /// kernel tears a killed process's io_uring down in the background): it is started again
-    /// for a few seconds before the test gives up.
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Server {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match Server::try_start(data_dir, args) {
-                Ok(server) => return server,
-                Err(why) if Instant::now() < deadline && why.contains("cannot listen") => {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(why) => panic!("statefun serve did not start: {why}"),
-            }
-        }
+        Server::try_start(data_dir, args).unwrap_or_else(|why| panic!("statefun serve did not start: {why}"))
     }
 
     fn try_start(data_dir: &Path, args: &[&str]) -> Result<Server, String> {
