@@ -11,6 +11,8 @@ pub enum Error {
     InvalidId { why: &'static str },
     #[error("function type {0} is registered twice")]
     DuplicateFunction(TypeName),
+    #[error("namespace {0} is bound to remote functions twice")]
+    DuplicateNamespace(String),
     #[error("no function is registered for type {0}")]
     UnknownFunction(TypeName),
     #[error("the mailbox of {address} is full ({len} messages); retry later")]

@@ -101,13 +101,26 @@ impl std::fmt::Debug for FunctionSpec {
     }
 }
 
+/// Where the functions of a remote binding are served: the node's endpoint number (its
+/// place in the module) and the most messages one request may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteBinding {
+    pub endpoint: usize,
+    pub batch_max: u32,
+}
+
 /// All function types a node serves. Built before the shards start, then shared read-only.
 ///
-/// Besides functions it knows *endpoints*: types of addresses that are not functions but
-/// can take messages, such as the node's ingress requests waiting for a reply.
+/// Functions are native (Rust code in the node) or remote (served over StateFun's HTTP
+/// protocol, bound by exact type or by namespace; an exact binding wins, and a native
+/// function wins over a namespace binding). Besides functions it knows *endpoints*: types of
+/// addresses that are not functions but can take messages, such as the node's ingress
+/// requests waiting for a reply.
 #[derive(Debug, Default)]
 pub struct Registry {
     functions: HashMap<TypeName, FunctionSpec>,
+    remote_types: HashMap<TypeName, RemoteBinding>,
+    remote_namespaces: HashMap<String, RemoteBinding>,
     endpoints: HashSet<TypeName>,
 }
 
@@ -117,7 +130,11 @@ impl Registry {
     }
 
     pub fn register(&mut self, spec: FunctionSpec) -> Result<(), Error> {
-        if self.functions.contains_key(&spec.typename) || self.endpoints.contains(&spec.typename) {
+        let typename = &spec.typename;
+        if self.functions.contains_key(typename)
+            || self.endpoints.contains(typename)
+            || self.remote_types.contains_key(typename)
+        {
             return Err(Error::DuplicateFunction(spec.typename));
         }
         self.functions.insert(spec.typename.clone(), spec);
@@ -128,22 +145,55 @@ impl Registry {
         self.functions.get(typename)
     }
 
-    /// Declares `typename` as an endpoint: functions may send to its addresses.
-    pub fn register_endpoint(&mut self, typename: TypeName) -> Result<(), Error> {
-        if self.functions.contains_key(&typename) || !self.endpoints.insert(typename.clone()) {
+    /// Serves the function type `typename` remotely.
+    pub fn bind_remote(&mut self, typename: TypeName, binding: RemoteBinding) -> Result<(), Error> {
+        if self.functions.contains_key(&typename) || self.endpoints.contains(&typename) {
+            return Err(Error::DuplicateFunction(typename));
+        }
+        if self.remote_types.insert(typename.clone(), binding).is_some() {
             return Err(Error::DuplicateFunction(typename));
         }
         Ok(())
     }
 
-    /// Whether `typename` is a registered function.
+    /// Serves every function type of `namespace` that has no binding of its own remotely.
+    pub fn bind_remote_namespace(&mut self, namespace: &str, binding: RemoteBinding) -> Result<(), Error> {
+        if self.remote_namespaces.insert(namespace.to_string(), binding).is_some() {
+            return Err(Error::DuplicateNamespace(namespace.to_string()));
+        }
+        Ok(())
+    }
+
+    /// The remote binding of `typename`, if it is a remote function.
+    pub fn remote(&self, typename: &TypeName) -> Option<RemoteBinding> {
+        if let Some(binding) = self.remote_types.get(typename) {
+            return Some(*binding);
+        }
+        if self.functions.contains_key(typename) || self.endpoints.contains(typename) {
+            return None;
+        }
+        self.remote_namespaces.get(typename.namespace()).copied()
+    }
+
+    /// Declares `typename` as an endpoint: functions may send to its addresses.
+    pub fn register_endpoint(&mut self, typename: TypeName) -> Result<(), Error> {
+        if self.functions.contains_key(&typename)
+            || self.remote_types.contains_key(&typename)
+            || !self.endpoints.insert(typename.clone())
+        {
+            return Err(Error::DuplicateFunction(typename));
+        }
+        Ok(())
+    }
+
+    /// Whether `typename` is a function, native or remote.
     pub fn contains(&self, typename: &TypeName) -> bool {
-        self.functions.contains_key(typename)
+        self.functions.contains_key(typename) || self.remote(typename).is_some()
     }
 
     /// Whether messages to addresses of `typename` have somewhere to go.
     pub fn accepts(&self, typename: &TypeName) -> bool {
-        self.functions.contains_key(typename) || self.endpoints.contains(typename)
+        self.contains(typename) || self.endpoints.contains(typename)
     }
 }
 
@@ -199,7 +249,8 @@ pub struct Context<'a> {
     pub(crate) now: UnixMillis,
     pub(crate) address: &'a Address,
     pub(crate) caller: Option<&'a Address>,
-    pub(crate) spec: &'a FunctionSpec,
+    /// The values the function type declared.
+    pub(crate) declared: &'a [ValueSpecDescriptor],
     pub(crate) registry: &'a Registry,
     pub(crate) values: Option<&'a HashMap<Arc<str>, StoredValue>>,
     /// Values that expired before this invocation: they read as absent.
@@ -224,17 +275,18 @@ impl<'a> Context<'a> {
         self.now
     }
 
-    fn registered<T: ValueType>(&self, spec: &ValueSpec<T>) -> Result<&'a ValueSpecDescriptor, FunctionError> {
-        let descriptor = self.spec.value(spec.name).ok_or_else(|| {
-            FunctionError(format!("value {:?} is not registered with function {}", spec.name, self.spec.typename))
-        })?;
-        if descriptor.typename != T::typename() {
+    /// The declared value `name`, checked to be of `typename`.
+    fn registered(&self, name: &str, typename: &TypeName) -> Result<&'a ValueSpecDescriptor, FunctionError> {
+        let function = &self.address.function;
+        let descriptor = self
+            .declared
+            .iter()
+            .find(|descriptor| &*descriptor.name == name)
+            .ok_or_else(|| FunctionError(format!("value {name:?} is not registered with function {function}")))?;
+        if descriptor.typename != *typename {
             return Err(FunctionError(format!(
-                "value {:?} of {} is registered as {}, read as {}",
-                spec.name,
-                self.spec.typename,
-                descriptor.typename,
-                T::typename()
+                "value {name:?} of {function} is registered as {}, used as {typename}",
+                descriptor.typename
             )));
         }
         Ok(descriptor)
@@ -242,7 +294,7 @@ impl<'a> Context<'a> {
 
     /// Reads a value: this invocation's own writes first, then the stored state.
     pub fn get<T: ValueType>(&self, spec: &ValueSpec<T>) -> Result<Option<T>, FunctionError> {
-        self.registered(spec)?;
+        self.registered(spec.name, &T::typename())?;
         if let Some((_, written)) = self.effects.mutations.iter().find(|(name, _)| &**name == spec.name) {
             return written.as_ref().map(TypedValue::decode).transpose();
         }
@@ -254,16 +306,29 @@ impl<'a> Context<'a> {
     }
 
     pub fn set<T: ValueType>(&mut self, spec: &ValueSpec<T>, value: &T) -> Result<(), FunctionError> {
-        let descriptor = self.registered(spec)?;
-        let value = TypedValue::of(value);
+        self.set_value(spec.name, TypedValue::of(value))
+    }
+
+    pub fn delete<T: ValueType>(&mut self, spec: &ValueSpec<T>) -> Result<(), FunctionError> {
+        let descriptor = self.registered(spec.name, &T::typename())?;
+        self.write(descriptor.name.clone(), None);
+        Ok(())
+    }
+
+    /// Writes the declared value `name`; `value` must be of its declared type.
+    pub(crate) fn set_value(&mut self, name: &str, value: TypedValue) -> Result<(), FunctionError> {
+        let descriptor = self.registered(name, &value.typename)?;
         check_size(&value)?;
         self.charge(descriptor.name.len() + value.value.len(), false)?;
         self.write(descriptor.name.clone(), Some(value));
         Ok(())
     }
 
-    pub fn delete<T: ValueType>(&mut self, spec: &ValueSpec<T>) -> Result<(), FunctionError> {
-        let descriptor = self.registered(spec)?;
+    /// Deletes the declared value `name`, whatever its type.
+    pub(crate) fn delete_value(&mut self, name: &str) -> Result<(), FunctionError> {
+        let descriptor = self.declared.iter().find(|descriptor| &*descriptor.name == name).ok_or_else(|| {
+            FunctionError(format!("value {name:?} is not registered with function {}", self.address.function))
+        })?;
         self.write(descriptor.name.clone(), None);
         Ok(())
     }

@@ -17,6 +17,7 @@ mod address;
 mod error;
 mod function;
 pub mod limits;
+pub mod protocol;
 mod record;
 pub mod requests;
 mod shard;
@@ -26,11 +27,13 @@ mod value;
 
 pub use address::{Address, KeyGroup, Routing, ShardId, TypeName};
 pub use error::{Error, FunctionError};
-pub use function::{Context, Expiration, FunctionSpec, Registry, StatefulFunction, ValueSpec, ValueSpecDescriptor};
+pub use function::{
+    Context, Expiration, FunctionSpec, Registry, RemoteBinding, StatefulFunction, ValueSpec, ValueSpecDescriptor,
+};
 pub use record::{
     Egress, Entry, Envelope, Invocation, MessageId, Mutation, Record, RequestKey, Route, Send, TimerId, TimerOp,
 };
 pub use requests::{Outcome, Waiter, Want};
-pub use shard::{Output, Pending, Retention, Shard};
+pub use shard::{Batch, Completion, Output, Pending, Retention, Shard};
 pub use time::UnixMillis;
 pub use value::{TypedValue, ValueType};

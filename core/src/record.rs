@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::{Address, FunctionError, ShardId, TypeName, TypedValue, UnixMillis};
+use crate::{Address, FunctionError, ShardId, TypeName, TypedValue, UnixMillis, ValueSpecDescriptor};
 
 /// A message on its way to an address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,8 +77,12 @@ pub struct RequestKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
     pub address: Address,
-    /// The message consumed: the front of the address's mailbox.
+    /// The first message consumed: the front of the address's mailbox.
     pub message: MessageId,
+    /// How many messages were consumed from the front of the mailbox: one for a native
+    /// function, a whole batch for a remote one.
+    pub messages: u32,
+    /// The caller of a single message (native functions): a failure is reported to it.
     pub caller: Option<Address>,
     pub mutations: Vec<Mutation>,
     pub sends: Vec<Send>,
@@ -101,6 +105,10 @@ pub enum Entry {
     Fired { owner: Address, timer: TimerId, fire_at: UnixMillis, send: Send },
     /// `peer` committed this shard's messages up to `seq`.
     Acked { peer: ShardId, seq: u64 },
+    /// A remote function declared values (the missing-state handshake): from now on they are
+    /// sent with every request to its addresses. Kept in the log so that a restart does not
+    /// ask again.
+    Registered { function: TypeName, values: Vec<ValueSpecDescriptor> },
 }
 
 /// An entry and the time it happened (replay uses the time for expiration bookkeeping).

@@ -3,8 +3,8 @@
 //!
 //! Inputs: [`Shard::request`] (ingress), [`Shard::receive`] and [`Shard::acked`] (peer
 //! shards), [`Shard::fire_timers`] and [`Shard::tick`] (time). Work: [`Shard::run`] for
-//! native functions, or [`Shard::begin`] / [`Shard::complete`] for invocations that take a
-//! while. Outputs: [`Shard::poll_record`], the records to commit in order; once a record is
+//! native functions; [`Shard::begin_remote`], [`Shard::remote_request`] and
+//! [`Shard::complete_remote`] for remote ones (see `remote.rs`). Outputs: [`Shard::poll_record`], the records to commit in order; once a record is
 //! durable the driver calls [`Shard::released`], and [`Shard::poll_output`] yields what may
 //! now leave the shard. [`Shard::replay`] rebuilds the state from committed records.
 //!
@@ -15,6 +15,8 @@
 //! order.** **A key group's state is touched only by the shard that owns it.** **Nothing a
 //! record produced leaves the shard before the record is durable.**
 
+mod remote;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,8 +26,10 @@ use crate::record::{Entry, Invocation, MessageId, Route, Send};
 use crate::requests::{self, Opened, Outcome, Requests, Waiter, Want};
 use crate::{
     limits, Address, Egress, Envelope, Error, FunctionError, Mutation, Record, Registry, RequestKey, Routing, ShardId,
-    TimerId, TimerOp, TypedValue, UnixMillis,
+    TimerId, TimerOp, TypeName, TypedValue, UnixMillis, ValueSpecDescriptor,
 };
+
+pub use remote::{Batch, Completion};
 
 /// The values of one address, sorted by name.
 pub type Values = Vec<(Arc<str>, TypedValue)>;
@@ -122,7 +126,16 @@ pub struct Shard {
     routing: Routing,
     registry: Arc<Registry>,
     instances: HashMap<Address, Instance>,
+    /// Idle addresses of native functions with mail.
     ready: VecDeque<Address>,
+    /// Idle addresses of remote functions with mail.
+    ready_remote: VecDeque<Address>,
+    /// The values each remote function type declared (the handshake), in declaration order.
+    /// A type is here, perhaps with no values, once any request to it succeeded.
+    remote_specs: HashMap<TypeName, Vec<ValueSpecDescriptor>>,
+    /// Remote types not known yet with a first request in flight, and the addresses waiting
+    /// for it to settle, so that a type's first burst makes one handshake, not one each.
+    probes: HashMap<TypeName, Vec<Address>>,
     timers: BTreeMap<(UnixMillis, TimerId), Timer>,
     /// Pending delayed messages by (sender, cancellation token).
     tokens: HashMap<Address, HashMap<Arc<str>, (UnixMillis, TimerId)>>,
@@ -143,6 +156,9 @@ impl Shard {
             registry,
             instances: HashMap::new(),
             ready: VecDeque::new(),
+            ready_remote: VecDeque::new(),
+            remote_specs: HashMap::new(),
+            probes: HashMap::new(),
             timers: BTreeMap::new(),
             tokens: HashMap::new(),
             timer_next: 0,
@@ -255,8 +271,8 @@ impl Shard {
 
     // ----- invocations -----
 
-    /// Takes the front message of the next idle address with mail and marks the address
-    /// busy until [`Shard::complete`].
+    /// Takes the front message of the next idle address of a native function with mail and
+    /// marks the address busy until [`Shard::complete`].
     pub fn begin(&mut self, now: UnixMillis) -> Option<Pending> {
         loop {
             let address = self.ready.pop_front()?;
@@ -267,18 +283,35 @@ impl Shard {
             }
             let Some((message, envelope)) = instance.mailbox.front().cloned() else { continue };
             instance.busy = true;
-            let mut expired = Vec::new();
-            if let Some(spec) = self.registry.get(&address.function) {
-                for (name, stored) in &instance.values {
-                    let expiration = spec.value(name).map(|descriptor| descriptor.expiration);
-                    if expiration.is_some_and(|expiration| stored.is_expired(expiration, now)) {
-                        expired.push(name.clone());
-                    }
-                }
-            }
-            expired.sort();
+            let expired = self.expired_values(&address, now);
             return Some(Pending { at: now, message, envelope, expired });
         }
+    }
+
+    /// The values a function type declared: a native function's specs, or what a remote one
+    /// registered so far.
+    fn declared(&self, function: &TypeName) -> &[ValueSpecDescriptor] {
+        match self.registry.get(function) {
+            Some(spec) => &spec.values,
+            None => self.remote_specs.get(function).map_or(&[], Vec::as_slice),
+        }
+    }
+
+    /// The values of `address` that expired by `now`, sorted by name.
+    fn expired_values(&self, address: &Address, now: UnixMillis) -> Vec<Arc<str>> {
+        let Some(instance) = self.instances.get(address) else { return Vec::new() };
+        let declared = self.declared(&address.function);
+        let mut expired: Vec<_> = instance
+            .values
+            .iter()
+            .filter(|(name, stored)| {
+                let expiration = declared.iter().find(|spec| spec.name == **name).map(|spec| spec.expiration);
+                expiration.is_some_and(|expiration| stored.is_expired(expiration, now))
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        expired.sort();
+        expired
     }
 
     /// Runs a native function for `pending` and returns the effects it asked for.
@@ -290,7 +323,7 @@ impl Shard {
             now: pending.at,
             address: target,
             caller: pending.envelope.caller.as_ref(),
-            spec,
+            declared: &spec.values,
             registry: &self.registry,
             values: self.instances.get(target).map(|instance| &instance.values),
             expired: &pending.expired,
@@ -320,6 +353,7 @@ impl Shard {
         let mut invocation = Invocation {
             address: envelope.target,
             message,
+            messages: 1,
             caller: envelope.caller,
             mutations: expired.into_iter().map(|name| Mutation { name, value: None }).collect(),
             sends: Vec::new(),
@@ -328,27 +362,31 @@ impl Shard {
             failure: None,
         };
         match outcome {
-            Ok(effects) => {
-                for (name, value) in effects.mutations {
-                    invocation.mutations.retain(|mutation| mutation.name != name);
-                    invocation.mutations.push(Mutation { name, value });
-                }
-                for token in effects.cancels {
-                    let pending = self.tokens.get(&invocation.address).and_then(|tokens| tokens.get(&token));
-                    let (_, id) = *pending.unwrap_or_else(|| panic!("cancelled token {token:?} is not pending"));
-                    invocation.timers.push(TimerOp::Cancel { id, token });
-                }
-                for (offset, delayed) in effects.delayed.into_iter().enumerate() {
-                    let id = TimerId(self.timer_next + offset as u64);
-                    let (fire_at, token, envelope) = (delayed.fire_at, delayed.token, delayed.envelope);
-                    invocation.timers.push(TimerOp::Arm { id, fire_at, token, envelope });
-                }
-                invocation.sends = self.plan_routes(effects.sends);
-                invocation.egress = effects.egress;
-            }
+            Ok(effects) => self.record_effects(&mut invocation, effects),
             Err(error) => invocation.failure = Some(error),
         }
         self.commit(at, Entry::Invoked(invocation));
+    }
+
+    /// Writes what an invocation asked for into its record: writes replace the deletion of
+    /// expired values, timers and messages get their numbers.
+    fn record_effects(&self, invocation: &mut Invocation, effects: Effects) {
+        for (name, value) in effects.mutations {
+            invocation.mutations.retain(|mutation| mutation.name != name);
+            invocation.mutations.push(Mutation { name, value });
+        }
+        for token in effects.cancels {
+            let pending = self.tokens.get(&invocation.address).and_then(|tokens| tokens.get(&token));
+            let (_, id) = *pending.unwrap_or_else(|| panic!("cancelled token {token:?} is not pending"));
+            invocation.timers.push(TimerOp::Cancel { id, token });
+        }
+        for (offset, delayed) in effects.delayed.into_iter().enumerate() {
+            let id = TimerId(self.timer_next + offset as u64);
+            let (fire_at, token, envelope) = (delayed.fire_at, delayed.token, delayed.envelope);
+            invocation.timers.push(TimerOp::Arm { id, fire_at, token, envelope });
+        }
+        invocation.sends = self.plan_routes(effects.sends);
+        invocation.egress = effects.egress;
     }
 
     /// Decides where each message goes, numbering them as [`Shard::apply`] will.
@@ -420,6 +458,15 @@ impl Shard {
                 let link = &mut self.links[usize::from(peer.0)];
                 link.outbox.retain(|pending, _| pending > seq);
             }
+            Entry::Registered { function, values } => {
+                let registered = self.remote_specs.entry(function.clone()).or_default();
+                for spec in values {
+                    let known = registered.iter().find(|known| known.name == spec.name);
+                    assert!(known.is_none(), "value {:?} of {function} registered twice", spec.name);
+                    registered.push(spec.clone());
+                }
+                self.type_known(function);
+            }
         }
     }
 
@@ -430,6 +477,8 @@ impl Shard {
         let (message, _) =
             instance.mailbox.pop_front().unwrap_or_else(|| panic!("invoked address {address} has no mail"));
         assert_eq!(message, invocation.message, "{address} consumed a message out of order");
+        assert!(invocation.messages >= 1 && invocation.messages as usize <= instance.mailbox.len() + 1);
+        instance.mailbox.drain(..invocation.messages as usize - 1);
         instance.busy = false;
         for stored in instance.values.values_mut() {
             stored.called_at = at;
@@ -446,10 +495,12 @@ impl Shard {
             }
         }
         if !instance.mailbox.is_empty() && !instance.ready {
-            instance.ready = true;
-            self.ready.push_back(address.clone());
+            self.make_ready(address.clone());
         } else if instance.is_empty() {
             self.instances.remove(address);
+        }
+        if self.registry.remote(&address.function).is_some() {
+            self.type_known(&address.function);
         }
         for op in &invocation.timers {
             match op {
@@ -501,8 +552,18 @@ impl Shard {
         let instance = self.instances.entry(address.clone()).or_default();
         instance.mailbox.push_back((id, envelope));
         if !instance.busy && !instance.ready {
+            self.make_ready(address);
+        }
+    }
+
+    /// Queues an idle address with mail for its next invocation.
+    fn make_ready(&mut self, address: Address) {
+        if let Some(instance) = self.instances.get_mut(&address) {
             instance.ready = true;
-            self.ready.push_back(address);
+        }
+        match self.registry.remote(&address.function) {
+            Some(_) => self.ready_remote.push_back(address),
+            None => self.ready.push_back(address),
         }
     }
 
@@ -539,7 +600,7 @@ impl Shard {
             Entry::Admitted { request: Some(request), .. } => {
                 self.requests.admission_durable(&request.key, &mut answers);
             }
-            Entry::Admitted { request: None, .. } | Entry::Acked { .. } => {}
+            Entry::Admitted { request: None, .. } | Entry::Acked { .. } | Entry::Registered { .. } => {}
             Entry::Received { from, seq, id, envelope } => {
                 self.outputs.push_back(Output::Ack { peer: *from, seq: *seq });
                 if id.is_none() {
@@ -605,9 +666,14 @@ impl Shard {
 
     // ----- inspection -----
 
-    /// Messages waiting for idle addresses: the shard has work to run.
+    /// Messages waiting for idle addresses of native functions: the shard has work to run.
     pub fn has_ready(&self) -> bool {
         !self.ready.is_empty()
+    }
+
+    /// Messages waiting for idle addresses of remote functions: requests to send.
+    pub fn has_ready_remote(&self) -> bool {
+        !self.ready_remote.is_empty()
     }
 
     /// The moment the earliest delayed message comes due.

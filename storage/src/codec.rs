@@ -1,17 +1,76 @@
 //! Records as bytes: rkyv archives of a versioned mirror of the core's [`Record`].
 //!
-//! The mirror types (`*V1`) are the on-disk contract: they change only with a new format
-//! version, never with the core's types. Decoding validates the archive (bytecheck) and then
-//! every name, so a damaged or foreign record is an error, never a panic.
+//! The mirror types (`*V1`, `*V2`) are the on-disk contract: they change only with a new
+//! format version, never with the core's types. Version 2 reuses version 1's parts and adds
+//! batched invocations and registered value specs; a version 1 record is read by lifting it
+//! to version 2. Decoding validates the archive (bytecheck) and then every name, so a
+//! damaged or foreign record is an error, never a panic.
 
 use std::sync::Arc;
 
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use statefun_core::{
-    Address, Egress, Entry, Envelope, FunctionError, Invocation, MessageId, Mutation, Record, RequestKey, Route, Send,
-    ShardId, TimerId, TimerOp, TypeName, TypedValue, UnixMillis,
+    Address, Egress, Entry, Envelope, Expiration, FunctionError, Invocation, MessageId, Mutation, Record, RequestKey,
+    Route, Send, ShardId, TimerId, TimerOp, TypeName, TypedValue, UnixMillis, ValueSpecDescriptor,
 };
+
+use crate::format::FORMAT_VERSION;
+
+/// A record of format version 2, the one this code writes.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct RecordV2 {
+    at: u64,
+    entry: EntryV2,
+}
+
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+enum EntryV2 {
+    Admitted {
+        id: u64,
+        envelope: EnvelopeV1,
+        request: Option<RequestKeyV1>,
+    },
+    Received {
+        from: u16,
+        seq: u64,
+        id: Option<u64>,
+        envelope: EnvelopeV1,
+    },
+    /// `messages` consumed from the front of the mailbox, the first being `invocation.message`.
+    Invoked {
+        invocation: InvocationV1,
+        messages: u32,
+    },
+    Fired {
+        owner: AddressV1,
+        timer: u64,
+        fire_at: u64,
+        send: SendV1,
+    },
+    Acked {
+        peer: u16,
+        seq: u64,
+    },
+    Registered {
+        function: String,
+        values: Vec<ValueSpecV2>,
+    },
+}
+
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct ValueSpecV2 {
+    name: String,
+    typename: String,
+    expiration: ExpirationV2,
+}
+
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+enum ExpirationV2 {
+    Never,
+    AfterWriteMs(u64),
+    AfterCallMs(u64),
+}
 
 #[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct RecordV1 {
@@ -96,18 +155,39 @@ struct InvocationV1 {
     failure: Option<String>,
 }
 
-/// Encodes a record as an rkyv archive.
+/// Encodes a record as an rkyv archive of the current format version.
 pub fn encode(record: &Record) -> Result<AlignedVec, crate::Error> {
-    let mirror = RecordV1 { at: record.at.0, entry: entry_v1(&record.entry) };
+    let mirror = RecordV2 { at: record.at.0, entry: entry_v2(&record.entry) };
     rkyv::to_bytes::<rancor::Error>(&mirror).map_err(|error| crate::Error::Encode(error.to_string()))
 }
 
-/// Decodes a record from an archive. `bytes` must be 16-byte aligned.
-pub fn decode(bytes: &[u8]) -> Result<Record, String> {
-    let archived =
-        rkyv::access::<ArchivedRecordV1, rancor::Error>(bytes).map_err(|error| format!("bad archive: {error}"))?;
-    let mirror: RecordV1 = rkyv::deserialize::<RecordV1, rancor::Error>(archived).map_err(|error| error.to_string())?;
+/// Decodes a record of format `version` from an archive. `bytes` must be 16-byte aligned.
+pub fn decode(version: u16, bytes: &[u8]) -> Result<Record, String> {
+    let bad = |error: rancor::Error| format!("bad archive: {error}");
+    let mirror = match version {
+        1 => {
+            let archived = rkyv::access::<ArchivedRecordV1, rancor::Error>(bytes).map_err(bad)?;
+            let mirror = rkyv::deserialize::<RecordV1, rancor::Error>(archived).map_err(bad)?;
+            RecordV2 { at: mirror.at, entry: lift(mirror.entry) }
+        }
+        FORMAT_VERSION => {
+            let archived = rkyv::access::<ArchivedRecordV2, rancor::Error>(bytes).map_err(bad)?;
+            rkyv::deserialize::<RecordV2, rancor::Error>(archived).map_err(bad)?
+        }
+        other => return Err(format!("no decoder for format version {other}")),
+    };
     Ok(Record { at: UnixMillis(mirror.at), entry: entry(mirror.entry)? })
+}
+
+/// A version 1 entry as version 2 writes it: an invocation consumed one message.
+fn lift(entry: EntryV1) -> EntryV2 {
+    match entry {
+        EntryV1::Admitted { id, envelope, request } => EntryV2::Admitted { id, envelope, request },
+        EntryV1::Received { from, seq, id, envelope } => EntryV2::Received { from, seq, id, envelope },
+        EntryV1::Invoked(invocation) => EntryV2::Invoked { invocation, messages: 1 },
+        EntryV1::Fired { owner, timer, fire_at, send } => EntryV2::Fired { owner, timer, fire_at, send },
+        EntryV1::Acked { peer, seq } => EntryV2::Acked { peer, seq },
+    }
 }
 
 fn address_v1(address: &Address) -> AddressV1 {
@@ -135,9 +215,9 @@ fn send_v1(send: &Send) -> SendV1 {
     SendV1 { envelope: envelope_v1(&send.envelope), route }
 }
 
-fn entry_v1(entry: &Entry) -> EntryV1 {
+fn entry_v2(entry: &Entry) -> EntryV2 {
     match entry {
-        Entry::Admitted { id, envelope, request } => EntryV1::Admitted {
+        Entry::Admitted { id, envelope, request } => EntryV2::Admitted {
             id: id.0,
             envelope: envelope_v1(envelope),
             request: request
@@ -145,45 +225,70 @@ fn entry_v1(entry: &Entry) -> EntryV1 {
                 .map(|request| RequestKeyV1 { key: request.key.to_string(), keyed: request.keyed }),
         },
         Entry::Received { from, seq, id, envelope } => {
-            EntryV1::Received { from: from.0, seq: *seq, id: id.map(|id| id.0), envelope: envelope_v1(envelope) }
+            EntryV2::Received { from: from.0, seq: *seq, id: id.map(|id| id.0), envelope: envelope_v1(envelope) }
         }
-        Entry::Invoked(invocation) => EntryV1::Invoked(InvocationV1 {
-            address: address_v1(&invocation.address),
-            message: invocation.message.0,
-            caller: invocation.caller.as_ref().map(address_v1),
-            mutations: invocation
-                .mutations
-                .iter()
-                .map(|mutation| MutationV1 {
-                    name: mutation.name.to_string(),
-                    value: mutation.value.as_ref().map(value_v1),
-                })
-                .collect(),
-            sends: invocation.sends.iter().map(send_v1).collect(),
-            timers: invocation
-                .timers
-                .iter()
-                .map(|op| match op {
-                    TimerOp::Arm { id, fire_at, token, envelope } => TimerOpV1::Arm {
-                        id: id.0,
-                        fire_at: fire_at.0,
-                        token: token.as_ref().map(|token| token.to_string()),
-                        envelope: envelope_v1(envelope),
-                    },
-                    TimerOp::Cancel { id, token } => TimerOpV1::Cancel { id: id.0, token: token.to_string() },
-                })
-                .collect(),
-            egress: invocation
-                .egress
-                .iter()
-                .map(|egress| EgressV1 { egress: egress.egress.to_string(), value: value_v1(&egress.value) })
-                .collect(),
-            failure: invocation.failure.as_ref().map(|failure| failure.0.clone()),
-        }),
+        Entry::Invoked(invocation) => {
+            EntryV2::Invoked { invocation: invocation_v1(invocation), messages: invocation.messages }
+        }
         Entry::Fired { owner, timer, fire_at, send } => {
-            EntryV1::Fired { owner: address_v1(owner), timer: timer.0, fire_at: fire_at.0, send: send_v1(send) }
+            EntryV2::Fired { owner: address_v1(owner), timer: timer.0, fire_at: fire_at.0, send: send_v1(send) }
         }
-        Entry::Acked { peer, seq } => EntryV1::Acked { peer: peer.0, seq: *seq },
+        Entry::Acked { peer, seq } => EntryV2::Acked { peer: peer.0, seq: *seq },
+        Entry::Registered { function, values } => EntryV2::Registered {
+            function: function.to_string(),
+            values: values
+                .iter()
+                .map(|spec| ValueSpecV2 {
+                    name: spec.name.to_string(),
+                    typename: spec.typename.to_string(),
+                    expiration: match spec.expiration {
+                        Expiration::Never => ExpirationV2::Never,
+                        Expiration::AfterWrite(ttl) => ExpirationV2::AfterWriteMs(millis(ttl)),
+                        Expiration::AfterCall(ttl) => ExpirationV2::AfterCallMs(millis(ttl)),
+                    },
+                })
+                .collect(),
+        },
+    }
+}
+
+fn millis(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn invocation_v1(invocation: &Invocation) -> InvocationV1 {
+    InvocationV1 {
+        address: address_v1(&invocation.address),
+        message: invocation.message.0,
+        caller: invocation.caller.as_ref().map(address_v1),
+        mutations: invocation
+            .mutations
+            .iter()
+            .map(|mutation| MutationV1 {
+                name: mutation.name.to_string(),
+                value: mutation.value.as_ref().map(value_v1),
+            })
+            .collect(),
+        sends: invocation.sends.iter().map(send_v1).collect(),
+        timers: invocation
+            .timers
+            .iter()
+            .map(|op| match op {
+                TimerOp::Arm { id, fire_at, token, envelope } => TimerOpV1::Arm {
+                    id: id.0,
+                    fire_at: fire_at.0,
+                    token: token.as_ref().map(|token| token.to_string()),
+                    envelope: envelope_v1(envelope),
+                },
+                TimerOp::Cancel { id, token } => TimerOpV1::Cancel { id: id.0, token: token.to_string() },
+            })
+            .collect(),
+        egress: invocation
+            .egress
+            .iter()
+            .map(|egress| EgressV1 { egress: egress.egress.to_string(), value: value_v1(&egress.value) })
+            .collect(),
+        failure: invocation.failure.as_ref().map(|failure| failure.0.clone()),
     }
 }
 
@@ -216,19 +321,20 @@ fn send(mirror: SendV1) -> Result<Send, String> {
     Ok(Send { envelope: envelope(mirror.envelope)?, route })
 }
 
-fn entry(mirror: EntryV1) -> Result<Entry, String> {
+fn entry(mirror: EntryV2) -> Result<Entry, String> {
     Ok(match mirror {
-        EntryV1::Admitted { id, envelope: mirror, request } => Entry::Admitted {
+        EntryV2::Admitted { id, envelope: mirror, request } => Entry::Admitted {
             id: MessageId(id),
             envelope: envelope(mirror)?,
             request: request.map(|request| RequestKey { key: Arc::from(request.key), keyed: request.keyed }),
         },
-        EntryV1::Received { from, seq, id, envelope: mirror } => {
+        EntryV2::Received { from, seq, id, envelope: mirror } => {
             Entry::Received { from: ShardId(from), seq, id: id.map(MessageId), envelope: envelope(mirror)? }
         }
-        EntryV1::Invoked(mirror) => Entry::Invoked(Invocation {
+        EntryV2::Invoked { invocation: mirror, messages } => Entry::Invoked(Invocation {
             address: address(mirror.address)?,
             message: MessageId(mirror.message),
+            messages,
             caller: mirror.caller.map(address).transpose()?,
             mutations: mirror
                 .mutations
@@ -260,13 +366,27 @@ fn entry(mirror: EntryV1) -> Result<Entry, String> {
                 .collect::<Result<_, String>>()?,
             failure: mirror.failure.map(FunctionError),
         }),
-        EntryV1::Fired { owner, timer, fire_at, send: mirror } => Entry::Fired {
+        EntryV2::Fired { owner, timer, fire_at, send: mirror } => Entry::Fired {
             owner: address(owner)?,
             timer: TimerId(timer),
             fire_at: UnixMillis(fire_at),
             send: send(mirror)?,
         },
-        EntryV1::Acked { peer, seq } => Entry::Acked { peer: ShardId(peer), seq },
+        EntryV2::Acked { peer, seq } => Entry::Acked { peer: ShardId(peer), seq },
+        EntryV2::Registered { function, values } => Entry::Registered {
+            function: typename(&function)?,
+            values: values
+                .into_iter()
+                .map(|spec| {
+                    let expiration = match spec.expiration {
+                        ExpirationV2::Never => Expiration::Never,
+                        ExpirationV2::AfterWriteMs(ms) => Expiration::AfterWrite(std::time::Duration::from_millis(ms)),
+                        ExpirationV2::AfterCallMs(ms) => Expiration::AfterCall(std::time::Duration::from_millis(ms)),
+                    };
+                    Ok(ValueSpecDescriptor { name: spec.name.into(), typename: typename(&spec.typename)?, expiration })
+                })
+                .collect::<Result<_, String>>()?,
+        },
     })
 }
 
@@ -287,11 +407,43 @@ pub(crate) mod tests {
         Envelope { target: address(target), caller: caller.map(address), value: value("v") }
     }
 
-    /// One record of every kind, with every optional part present and absent.
+    /// One record of every kind of the current version: those of version 1, then the kinds
+    /// version 2 added.
     pub(crate) fn samples() -> Vec<Record> {
+        let mut records = samples_v1();
+        let Entry::Invoked(invocation) = &records[4].entry else { panic!("record 4 is an invocation") };
+        let batch = Invocation { messages: 3, caller: None, ..invocation.clone() };
+        let registered = Entry::Registered {
+            function: TypeName::parse("a/remote").unwrap(),
+            values: vec![
+                ValueSpecDescriptor {
+                    name: "seen".into(),
+                    typename: TypeName::parse("io.statefun.types/int").unwrap(),
+                    expiration: Expiration::AfterCall(std::time::Duration::from_millis(86_400_000)),
+                },
+                ValueSpecDescriptor {
+                    name: "note".into(),
+                    typename: TypeName::parse("a/text").unwrap(),
+                    expiration: Expiration::AfterWrite(std::time::Duration::from_millis(1_500)),
+                },
+                ValueSpecDescriptor {
+                    name: "plain".into(),
+                    typename: TypeName::parse("io.statefun.types/unset").unwrap(),
+                    expiration: Expiration::Never,
+                },
+            ],
+        };
+        records.push(Record { at: UnixMillis(8_000), entry: Entry::Invoked(batch) });
+        records.push(Record { at: UnixMillis(9_000), entry: registered });
+        records
+    }
+
+    /// One record of every kind of version 1, with every optional part present and absent.
+    pub(crate) fn samples_v1() -> Vec<Record> {
         let invocation = Invocation {
             address: address("a/f/x"),
             message: MessageId(9),
+            messages: 1,
             caller: Some(address("a/g/y")),
             mutations: vec![
                 Mutation { name: "count".into(), value: Some(value("5")) },
@@ -357,14 +509,14 @@ pub(crate) mod tests {
     fn every_kind_of_record_round_trips() {
         for record in samples() {
             let bytes = encode(&record).unwrap();
-            assert_eq!(decode(&bytes).unwrap(), record);
+            assert_eq!(decode(FORMAT_VERSION, &bytes).unwrap(), record);
         }
     }
 
     #[test]
     fn damaged_archives_are_errors_not_panics() {
         let bytes = encode(&samples()[4]).unwrap();
-        assert!(decode(&bytes[..bytes.len() / 2]).is_err(), "half an archive is an error");
+        assert!(decode(FORMAT_VERSION, &bytes[..bytes.len() / 2]).is_err(), "half an archive is an error");
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..2_000 {
             let mut damaged = AlignedVec::<16>::new();
@@ -377,11 +529,11 @@ pub(crate) mod tests {
                 damaged[at] ^= (state >> 32) as u8 | 1;
             }
             // Either outcome is fine; a panic is not.
-            let _ = decode(&damaged);
+            let _ = decode(FORMAT_VERSION, &damaged);
             let cut = (state % bytes.len() as u64) as usize;
             let mut truncated = AlignedVec::<16>::new();
             truncated.extend_from_slice(&bytes[..cut]);
-            let _ = decode(&truncated);
+            let _ = decode(FORMAT_VERSION, &truncated);
         }
     }
 }

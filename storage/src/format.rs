@@ -13,8 +13,10 @@ use crate::Lsn;
 
 /// "SFLB", little-endian: a statefun log batch.
 pub const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"SFLB");
-/// The format version this code writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this code writes.
+pub const FORMAT_VERSION: u16 = 2;
+/// The oldest format version this code still reads (see `storage/FORMAT.md`).
+pub const FORMAT_VERSION_MIN: u16 = 1;
 pub const BATCH_HEADER_BYTES: usize = 32;
 pub const RECORD_HEADER_BYTES: usize = 16;
 /// Payloads start and end on this alignment.
@@ -111,6 +113,7 @@ impl BatchBuilder {
 /// A valid batch header at some offset.
 #[derive(Debug, PartialEq, Eq)]
 struct BatchHeader {
+    version: u16,
     batch_bytes: usize,
     records: u32,
     first_lsn: Lsn,
@@ -129,8 +132,8 @@ fn batch_at(segment: &[u8], at: usize) -> Result<Option<BatchHeader>, String> {
         return Err("no batch header here".into());
     }
     let version = u16_at(header, 4);
-    if version != FORMAT_VERSION {
-        return Err(format!("format version {version}, this build reads {FORMAT_VERSION}"));
+    if !(FORMAT_VERSION_MIN..=FORMAT_VERSION).contains(&version) {
+        return Err(format!("format version {version}, this build reads {FORMAT_VERSION_MIN} to {FORMAT_VERSION}"));
     }
     let batch_bytes = u32_at(header, 8) as usize;
     if batch_bytes < BATCH_HEADER_BYTES + RECORD_HEADER_BYTES || batch_bytes as u64 > batch_bytes_max {
@@ -144,14 +147,15 @@ fn batch_at(segment: &[u8], at: usize) -> Result<Option<BatchHeader>, String> {
     if crc32c::crc32c(&check) != u32_at(header, 24) {
         return Err("the batch checksum does not match".into());
     }
-    Ok(Some(BatchHeader { batch_bytes, records: u32_at(header, 12), first_lsn: Lsn(u64_at(header, 16)) }))
+    Ok(Some(BatchHeader { version, batch_bytes, records: u32_at(header, 12), first_lsn: Lsn(u64_at(header, 16)) }))
 }
 
 /// What a segment holds.
 #[derive(Debug)]
 pub struct Scan {
-    /// Each record's LSN and the range of its payload in the segment.
-    pub records: Vec<(Lsn, Range<usize>)>,
+    /// Each record's LSN, the range of its payload in the segment, and the format version of
+    /// its batch (which says how to decode the payload).
+    pub records: Vec<(Lsn, Range<usize>, u16)>,
     /// Where the next batch goes: the end of the last valid batch, on a block boundary.
     pub end: u64,
     /// A torn final batch that was cut: its offset and what was wrong with it.
@@ -206,7 +210,7 @@ pub fn scan_segment(segment: &[u8], mut next_lsn: Lsn) -> Result<Scan, Damage> {
                             next_lsn.0
                         )));
                     }
-                    records.push((next_lsn, payload.clone()));
+                    records.push((next_lsn, payload.clone(), header.version));
                     next_lsn = Lsn(next_lsn.0 + 1);
                     record_at = align_up(payload.end, RECORD_ALIGN_BYTES);
                 }
@@ -271,7 +275,7 @@ mod tests {
         assert_eq!(scan.records.len(), 35);
         assert!(scan.torn.is_none());
         assert_eq!(scan.end, 5 * block_bytes);
-        for (index, (lsn, range)) in scan.records.iter().enumerate() {
+        for (index, (lsn, range, _)) in scan.records.iter().enumerate() {
             assert_eq!(lsn.0, index as u64 + 1);
             assert_eq!(range.start % RECORD_ALIGN_BYTES, 0, "payloads are aligned");
             let (batch, record) = (index / 7, index % 7);

@@ -188,10 +188,10 @@ impl Recovery {
         }
         let scan = format::scan_segment(bytes, self.plan.next_lsn)
             .map_err(|damage| corrupt(&path, damage.offset, damage.why))?;
-        for (lsn, range) in &scan.records {
+        for (lsn, range, version) in &scan.records {
             let mut payload = AlignedVec::<16>::with_capacity(range.len());
             payload.extend_from_slice(&bytes[range.clone()]);
-            let record = codec::decode(&payload).map_err(|why| {
+            let record = codec::decode(*version, &payload).map_err(|why| {
                 corrupt(&path, range.start as u64, format!("record {} does not decode: {why}", lsn.0))
             })?;
             self.plan.records.push(record);
@@ -449,7 +449,7 @@ mod tests {
     }
 
     fn record(n: u64, bytes: usize) -> Record {
-        let mut record = crate::codec::tests::samples()[(n % 8) as usize].clone();
+        let mut record = crate::codec::tests::samples()[(n % 10) as usize].clone();
         record.at = UnixMillis(n);
         if let Entry::Admitted { envelope, .. } = &mut record.entry {
             envelope.value.value = vec![n as u8; bytes].into();
@@ -588,14 +588,16 @@ mod tests {
 mod fixtures {
     //! The committed logs in `storage/tests/fixtures/`: every format version this code has
     //! written must still load, record for record. Fixture v1 holds one record of every kind
-    //! (`codec::tests::samples`) in two batches. Damaged copies of it stand for a torn tail and
-    //! for damage in the middle. `STATEFUN_WRITE_FIXTURES=1` writes the fixture anew (only ever
-    //! for a new format version).
+    //! of version 1 (`codec::tests::samples_v1`) in two batches, fixture v2 those of version 2
+    //! (`codec::tests::samples`) in three. Damaged copies of v1 stand for a torn tail and for
+    //! damage in the middle. `STATEFUN_WRITE_FIXTURES=1` writes the fixture of the current
+    //! version anew (only ever for a new format version).
 
     use super::*;
-    use crate::codec::tests::samples;
+    use crate::codec::tests::{samples, samples_v1};
 
     const FIXTURE_V1: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v1/00000000.seg");
+    const FIXTURE_V2: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/v2/00000000.seg");
     const FIXTURE_BYTES: usize = 16 * 1024;
 
     fn write_fixture() {
@@ -610,7 +612,8 @@ mod fixtures {
             bytes[at..at + sealed.bytes.len()].copy_from_slice(&sealed.bytes);
             at += sealed.bytes.len();
         }
-        std::fs::write(FIXTURE_V1, bytes).unwrap();
+        std::fs::create_dir_all(Path::new(FIXTURE_V2).parent().unwrap()).unwrap();
+        std::fs::write(FIXTURE_V2, bytes).unwrap();
     }
 
     fn recover(bytes: &[u8]) -> Result<Plan, Error> {
@@ -621,15 +624,24 @@ mod fixtures {
 
     #[test]
     fn format_v1_still_loads() {
-        if std::env::var_os("STATEFUN_WRITE_FIXTURES").is_some() {
-            write_fixture();
-        }
         let bytes = std::fs::read(FIXTURE_V1).unwrap();
         let plan = recover(&bytes).unwrap();
-        assert_eq!(plan.records, samples());
+        assert_eq!(plan.records, samples_v1());
         assert_eq!(plan.next_lsn, Lsn(9));
         assert_eq!(plan.tail, Some((0, 2 * block_bytes)));
         assert!(plan.torn.is_none());
+    }
+
+    #[test]
+    fn format_v2_loads() {
+        if std::env::var_os("STATEFUN_WRITE_FIXTURES").is_some() {
+            write_fixture();
+        }
+        let bytes = std::fs::read(FIXTURE_V2).unwrap();
+        let plan = recover(&bytes).unwrap();
+        assert_eq!(plan.records, samples());
+        assert_eq!(plan.next_lsn, Lsn(11));
+        assert_eq!(plan.tail, Some((0, 3 * block_bytes)));
     }
 
     #[test]
@@ -637,7 +649,7 @@ mod fixtures {
         let mut bytes = std::fs::read(FIXTURE_V1).unwrap();
         bytes[block_bytes as usize + 100] ^= 0x20;
         let plan = recover(&bytes).unwrap();
-        assert_eq!(plan.records, samples()[..4]);
+        assert_eq!(plan.records, samples_v1()[..4]);
         let (segment, offset, why) = plan.torn.unwrap();
         assert_eq!((segment, offset), (0, block_bytes));
         assert!(why.contains("checksum"), "{why}");
