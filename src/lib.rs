@@ -30,8 +30,11 @@ pub mod examples;
 mod ingress;
 pub mod limits;
 mod metrics;
+pub mod module;
 mod native;
 mod node;
+mod playground;
+mod remote;
 mod rt;
 pub mod shard;
 

@@ -27,4 +27,29 @@ pub const egress_records_retained_max: usize = 64 * 1024;
 /// Bytes read from a socket per call before handing them to the HTTP parser.
 pub const http_read_chunk_bytes_max: usize = 16 * 1024;
 
+/// Batches of remote functions one shard has in flight (each a task with its request).
+/// Addresses past it wait in the core's ready queue: the pushback of slow endpoints. It
+/// matches StateFun's default `pool_size` of 1024 connections per endpoint, times a few
+/// endpoints.
+pub const remote_batches_in_flight_max: usize = 4096;
+
+/// The first pause after a failed remote request; it doubles with every failure (StateFun's
+/// own transport starts at 2 ms).
+pub const remote_backoff_first_ms: u64 = 2;
+
+/// The longest pause between two attempts within the call budget, so that a function that
+/// comes back is noticed within seconds even with StateFun's 2-minute budget.
+pub const remote_backoff_max_ms: u64 = 5_000;
+
+/// How often a parked address tries again on its own. An operator's `POST /v1/parked/retry`
+/// does not wait for it.
+pub const remote_parked_retry_ms: u64 = 5_000;
+
+/// The shortest timeout an attempt gets, even when the call budget is nearly spent.
+pub const remote_attempt_min_ms: u64 = 10;
+
+/// Bytes of an endpoint's error body quoted in the error of a parked address.
+pub const remote_error_bytes_max: usize = 512;
+
+const _: () = assert!(remote_backoff_first_ms <= remote_backoff_max_ms);
 const _: () = assert!(mesh_channel_messages_max >= statefun_core::limits::invocations_per_turn_max);

@@ -17,7 +17,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Runs a node with the example application (example/counter, chain, fanout, forward, reminder).
+    /// Runs a node with the example application (example/counter, chain, fanout, forward,
+    /// reminder), or with the functions of a StateFun module (`--module`).
     Serve(ServeArgs),
     /// Calls a function over the native protocol and prints its reply.
     Call(CallArgs),
@@ -25,9 +26,21 @@ enum Command {
     Send(CallArgs),
     /// Prints an egress's records as they are committed, from every shard.
     Tail(TailArgs),
+    /// Lists the remote addresses parked after their call budget ran out, with their errors.
+    Parked(AdminArgs),
+    /// Makes every parked remote address try again now.
+    Retry(AdminArgs),
     /// Works on a stopped node's log.
     #[command(subcommand)]
     Log(LogCommand),
+}
+
+/// How an operator's command reaches the node: its HTTP ingress.
+#[derive(Debug, clap::Args)]
+struct AdminArgs {
+    /// The node's HTTP address (what `statefun serve --http` was given).
+    #[arg(long, default_value = "127.0.0.1:8070")]
+    http: SocketAddr,
 }
 
 /// How a client finds and trusts the node.
@@ -122,6 +135,10 @@ struct ServeArgs {
     /// this window gets the first outcome.
     #[arg(long, default_value_t = 24 * 3600)]
     idempotency_retention_s: u64,
+    /// A StateFun module.yaml: serve its remote functions, playground ingress and egress
+    /// instead of the example application.
+    #[arg(long)]
+    module: Option<PathBuf>,
 }
 
 /// The client commands: `call`, `send`, `tail`.
@@ -205,6 +222,8 @@ fn main() -> std::process::ExitCode {
         Command::Call(args) => client::call(args, true),
         Command::Send(args) => client::call(args, false),
         Command::Tail(args) => client::tail(args),
+        Command::Parked(args) => admin(&args, "GET", "/v1/parked"),
+        Command::Retry(args) => admin(&args, "POST", "/v1/parked/retry"),
         Command::Log(LogCommand::Truncate { segment, offset }) => truncate(&segment, offset),
     };
     match outcome {
@@ -217,6 +236,27 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// One plain HTTP/1.1 exchange with the node's ingress; prints the body of a 2xx answer.
+#[allow(clippy::print_stdout)] // The node's answer is the command's output.
+fn admin(args: &AdminArgs, method: &str, path: &str) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&args.http, Duration::from_secs(5))
+        .map_err(|error| anyhow::anyhow!("cannot reach the node at http://{}: {error}", args.http))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let host = args.http;
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer)?;
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.split_whitespace().nth(1).unwrap_or("none");
+    if !status.starts_with('2') {
+        anyhow::bail!("http://{host}{path} answered {status}: {}", body.trim());
+    }
+    println!("{}", body.trim_end());
+    Ok(())
 }
 
 #[allow(clippy::print_stdout)] // Saying what was done is the command's output.
@@ -244,9 +284,15 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         call_timeout: Duration::from_millis(args.call_timeout_ms),
         spin_before_park: args.spin_before_park_us.map(Duration::from_micros),
         retention: Retention { keyed: Duration::from_secs(args.idempotency_retention_s), ..defaults.retention },
+        module: args.module.as_deref().map(statefun::module::Module::load).transpose()?,
     };
     let durability = config.durability_text();
-    let node = Node::start(config, statefun::examples::registry())?;
+    // A module brings its own functions; the example application is for trying the node out.
+    let registry = match config.module {
+        Some(_) => statefun::core::Registry::new(),
+        None => statefun::examples::registry(),
+    };
+    let node = Node::start(config, registry)?;
     let quic = node.quic.first().map_or(String::new(), |address| format!(" and quic://{address}"));
     println!("statefun serving http://{}{quic} with {} shards, durability {durability}", node.http, node.shards);
     node.wait()

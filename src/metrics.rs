@@ -21,6 +21,14 @@ pub struct ShardMetrics {
     pub log_bytes: AtomicU64,
     /// 1 once the shard's log failed and it refuses work.
     pub poisoned: AtomicU64,
+    /// Requests sent to remote functions, retries and handshakes included.
+    pub remote_requests: AtomicU64,
+    /// Requests to remote functions that failed (and will be retried).
+    pub remote_failures: AtomicU64,
+    /// Missing-state handshakes: replies that declared values not sent.
+    pub remote_handshakes: AtomicU64,
+    /// Messages delivered to remote functions in applied batches.
+    pub remote_messages: AtomicU64,
 }
 
 impl ShardMetrics {
@@ -46,7 +54,7 @@ impl Metrics {
     /// The Prometheus text exposition of every counter, labelled by shard.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, Counter); 7] = [
+        let counters: [(&str, &str, Counter); 11] = [
             ("statefun_invocations_total", "Function invocations run.", |m| &m.invocations),
             ("statefun_forwarded_requests_total", "Ingress requests handed to another shard.", |m| &m.forwarded),
             ("statefun_egress_records_total", "Egress records published.", |m| &m.egress),
@@ -54,6 +62,12 @@ impl Metrics {
             ("statefun_log_records_total", "Log records committed.", |m| &m.log_records),
             ("statefun_log_bytes_total", "Log bytes written.", |m| &m.log_bytes),
             ("statefun_log_poisoned", "1 if the shard's log failed and it refuses work.", |m| &m.poisoned),
+            ("statefun_remote_requests_total", "Requests sent to remote functions.", |m| &m.remote_requests),
+            ("statefun_remote_failures_total", "Requests to remote functions that failed.", |m| &m.remote_failures),
+            ("statefun_remote_handshakes_total", "Missing-state handshakes with remote functions.", |m| {
+                &m.remote_handshakes
+            }),
+            ("statefun_remote_messages_total", "Messages delivered to remote functions.", |m| &m.remote_messages),
         ];
         for (name, help, counter) in counters {
             let _ = writeln!(out, "# HELP {name} {help}");

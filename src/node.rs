@@ -6,7 +6,7 @@ use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use statefun_core::{limits as core_limits, Registry, Retention, Routing, ShardId};
+use statefun_core::{limits as core_limits, Registry, RemoteBinding, Retention, Routing, ShardId};
 
 use statefun_net::frame::ShardEndpoint;
 use statefun_net::tls::DevFiles;
@@ -14,9 +14,12 @@ use statefun_storage::{Batcher, LogConfig, Recovered, Segments};
 
 use crate::limits;
 use crate::metrics::Metrics;
+use crate::module::{FunctionPattern, Module};
 use crate::native::NativeConfig;
+use crate::playground::PlaygroundTopics;
+use crate::remote::{self, Parked, Remote};
 use crate::rt::{self, ExecutorJoinHandle};
-use crate::shard::{Journal, MeshMessage, ShardNode};
+use crate::shard::{Journal, MeshMessage, Services, ShardNode};
 
 /// How committed a record is before its effects leave the shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -54,6 +57,8 @@ pub struct Config {
     pub spin_before_park: Option<Duration>,
     /// How long ingress requests are remembered for idempotent retries.
     pub retention: Retention,
+    /// A StateFun module: remote functions, the playground ingress and egress.
+    pub module: Option<Module>,
 }
 
 impl Config {
@@ -71,6 +76,7 @@ impl Config {
             call_timeout: Duration::from_secs(10),
             spin_before_park: None,
             retention: Retention::default(),
+            module: None,
         }
     }
 }
@@ -160,6 +166,17 @@ impl Node {
         };
         let routing = Routing::new(shards);
         registry.register_endpoint(statefun_core::requests::request_type())?;
+        let module = Arc::new(config.module.clone().unwrap_or_default());
+        for (endpoint, spec) in module.endpoints.iter().enumerate() {
+            let binding = RemoteBinding { endpoint, batch_max: spec.batch_max };
+            match &spec.functions {
+                FunctionPattern::Exact(typename) => registry.bind_remote(typename.clone(), binding),
+                FunctionPattern::Namespace(namespace) => registry.bind_remote_namespace(namespace, binding),
+            }
+            .context("cannot bind the module's functions")?;
+        }
+        let playground = Playground::bind(&module, http.ip())?;
+        let parked = Arc::new(Parked::default());
         let registry = Arc::new(registry);
         let metrics = Arc::new(Metrics::new(shards));
         let mut links = mesh(shards);
@@ -174,6 +191,7 @@ impl Node {
             let (native, server_tls, quic_address) = (native.clone(), server_tls.clone(), quic[index]);
             let reset_key = reset_key.clone();
             let metrics = metrics.clone();
+            let (module, parked, playground) = (module.clone(), parked.clone(), playground.clone());
             let log = (config.durability != Durability::Memory)
                 .then(|| LogConfig { dir: config.log_dir(id), segment_bytes: config.segment_bytes });
             let interval = (config.durability == Durability::Interval).then_some(config.fsync_interval);
@@ -207,7 +225,19 @@ impl Node {
                             }
                         },
                     };
-                    let node = ShardNode::new(id, routing, registry, retention, journal, metrics);
+                    let endpoints: Result<Vec<_>, _> = module.endpoints.iter().map(remote::Endpoint::new).collect();
+                    let endpoints = match endpoints {
+                        Ok(endpoints) => endpoints,
+                        Err(error) => {
+                            let _ = ready.send(Err(format!("a function endpoint of the module: {error}")));
+                            return;
+                        }
+                    };
+                    let services = Services {
+                        remote: Remote::new(endpoints, parked),
+                        playground: playground.egress.as_ref().map(|(_, topics)| topics.clone()),
+                    };
+                    let node = ShardNode::new(id, routing, registry, retention, journal, metrics, services);
                     node.recover(&records);
                     drop(records);
                     node.start(connected, segments);
@@ -226,6 +256,10 @@ impl Node {
                         }
                     };
                     rt::spawn_local(crate::native::serve(node.clone(), endpoint, native)).detach();
+                    if let Err(error) = playground.serve(&node) {
+                        let _ = ready.send(Err(format!("{id}: {error}")));
+                        return;
+                    }
                     let _ = ready.send(Ok(id));
                     crate::ingress::serve(node, listener, call_timeout).await;
                 })
@@ -247,6 +281,50 @@ impl Node {
     pub fn wait(self) -> anyhow::Result<()> {
         for executor in self.executors {
             executor.join().map_err(|error| anyhow::anyhow!("a shard failed: {error}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The playground's ingress and egress ports of a module, checked free before the shards
+/// start, and the egress's topics, shared by every shard.
+#[derive(Debug, Clone, Default)]
+struct Playground {
+    ingress: Option<SocketAddr>,
+    egress: Option<(SocketAddr, Arc<PlaygroundTopics>)>,
+}
+
+impl Playground {
+    /// Checks the ports now (they listen on the HTTP ingress's address), for a clear error.
+    fn bind(module: &Module, ip: std::net::IpAddr) -> anyhow::Result<Playground> {
+        let check = |port: u16, what: &str| -> anyhow::Result<SocketAddr> {
+            let address = SocketAddr::new(ip, port);
+            let probe = bind_patiently(|| std::net::TcpListener::bind(address))
+                .with_context(|| format!("cannot listen for the playground {what} on {address}"))?;
+            Ok(probe.local_addr()?)
+        };
+        let ingress = module.playground_ingress.as_ref().map(|spec| check(spec.port, "ingress")).transpose()?;
+        let egress = match &module.playground_egress {
+            Some(spec) => {
+                let address = check(spec.port, "egress")?;
+                Some((address, Arc::new(PlaygroundTopics::new(spec.topics.clone()))))
+            }
+            None => None,
+        };
+        Ok(Playground { ingress, egress })
+    }
+
+    /// Starts this shard's side of the playground servers.
+    fn serve(&self, node: &std::rc::Rc<ShardNode>) -> anyhow::Result<()> {
+        if let Some(address) = self.ingress {
+            let listener = rt::TcpListener::bind(address)
+                .map_err(|error| anyhow::anyhow!("cannot listen for the playground ingress on {address}: {error}"))?;
+            rt::spawn_local(crate::playground::serve_ingress(node.clone(), listener)).detach();
+        }
+        if let Some((address, topics)) = &self.egress {
+            let listener = rt::TcpListener::bind(*address)
+                .map_err(|error| anyhow::anyhow!("cannot listen for the playground egress on {address}: {error}"))?;
+            rt::spawn_local(crate::playground::serve_egress(topics.clone(), listener)).detach();
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ pub use glommio::channels::shared_channel::{
 };
 pub use glommio::net::{TcpListener, TcpStream};
 pub use glommio::sync::Semaphore;
-pub use glommio::{spawn_local, ExecutorJoinHandle};
+pub use glommio::{spawn_local, ExecutorJoinHandle, Task};
 
 /// Starts an executor pinned to `cpu` (modulo the online CPUs) running `main`.
 pub fn start_pinned<F, Fut>(
@@ -51,6 +51,17 @@ where
 /// The number of CPUs this process may run on.
 pub fn online_cpus() -> usize {
     CpuSet::online().map(|set| set.len()).unwrap_or(1).max(1)
+}
+
+/// Runs a blocking `f` on the executor's blocking thread, so the shard keeps serving.
+pub async fn spawn_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    glommio::executor().spawn_blocking(f).await
+}
+
+/// Runs `future` to completion on a fresh executor on this thread.
+#[cfg(test)]
+pub fn block_on<T>(future: impl Future<Output = T>) -> T {
+    glommio::LocalExecutor::default().run(future)
 }
 
 /// Sleeps for `duration` on the current executor.
@@ -105,22 +116,61 @@ impl Future for SignalWait {
     }
 }
 
-/// A glommio TCP stream seen through hyper's I/O traits.
+/// A wake-up for every task waiting on the same executor: [`Broadcast::wait`] returns at the
+/// next [`Broadcast::notify_all`] after it was called.
+#[derive(Debug, Default)]
+pub struct Broadcast {
+    epoch: Cell<u64>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl Broadcast {
+    pub fn notify_all(&self) {
+        self.epoch.set(self.epoch.get() + 1);
+        for waker in self.wakers.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    pub fn wait(self: &Rc<Self>) -> BroadcastWait {
+        BroadcastWait { broadcast: self.clone(), epoch: self.epoch.get() }
+    }
+}
+
 #[derive(Debug)]
-pub struct HyperStream {
-    stream: TcpStream,
+pub struct BroadcastWait {
+    broadcast: Rc<Broadcast>,
+    epoch: u64,
+}
+
+impl Future for BroadcastWait {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.broadcast.epoch.get() != self.epoch {
+            return Poll::Ready(());
+        }
+        self.broadcast.wakers.borrow_mut().push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// A glommio TCP stream, or any byte stream over one (TLS), seen through hyper's I/O traits.
+#[derive(Debug)]
+pub struct HyperStream<S = TcpStream> {
+    stream: S,
     /// Bytes are read here, then copied into hyper's buffer: that keeps this module free of
     /// `unsafe`, and the copy is cheap next to the system call.
     chunk: Box<[u8]>,
 }
 
-impl HyperStream {
-    pub fn new(stream: TcpStream) -> Self {
+impl<S> HyperStream<S> {
+    pub fn new(stream: S) -> Self {
         HyperStream { stream, chunk: vec![0; limits::http_read_chunk_bytes_max].into_boxed_slice() }
     }
 }
 
-impl hyper::rt::Read for HyperStream {
+impl<S: AsyncRead + Unpin> hyper::rt::Read for HyperStream<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -139,7 +189,7 @@ impl hyper::rt::Read for HyperStream {
     }
 }
 
-impl hyper::rt::Write for HyperStream {
+impl<S: AsyncWrite + Unpin> hyper::rt::Write for HyperStream<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }

@@ -27,6 +27,8 @@ use statefun_storage::{Batcher, Segments};
 use crate::egress::EgressLog;
 use crate::limits;
 use crate::metrics::{Metrics, ShardMetrics};
+use crate::playground::PlaygroundTopics;
+use crate::remote::Remote;
 use crate::rt::{self, Signal};
 
 /// What shards say to each other.
@@ -40,6 +42,8 @@ pub enum MeshMessage {
     Ack { from: ShardId, seq: u64 },
     /// The outcome of one of the receiving shard's ingress exchanges.
     Answer { seq: u64, outcome: Outcome },
+    /// An operator asked parked remote addresses to try again now.
+    RetryParked,
 }
 
 /// Messages for one peer shard, drained into its channel by a task of their own, so that a
@@ -84,7 +88,11 @@ pub struct ShardNode {
     pub routing: Routing,
     pub registry: Arc<Registry>,
     metrics: Arc<Metrics>,
-    core: RefCell<statefun_core::Shard>,
+    pub(crate) core: RefCell<statefun_core::Shard>,
+    /// Remote functions: endpoints, batches in flight, parked addresses.
+    pub(crate) remote: Remote,
+    /// The playground egress, when the module has one.
+    playground: Option<Arc<PlaygroundTopics>>,
     /// `None` in `memory` durability.
     journal: Option<Journal>,
     /// Why the log failed; from then on the shard refuses work.
@@ -98,6 +106,13 @@ pub struct ShardNode {
     exchange_next: Cell<u64>,
     /// Makes up request keys that no earlier run of the node used.
     boot: u64,
+}
+
+/// What a shard serves besides its native functions.
+#[derive(Debug, Default)]
+pub struct Services {
+    pub remote: Remote,
+    pub playground: Option<Arc<PlaygroundTopics>>,
 }
 
 /// The wall clock, as the core wants it.
@@ -114,6 +129,7 @@ impl ShardNode {
         retention: Retention,
         journal: Option<Journal>,
         metrics: Arc<Metrics>,
+        services: Services,
     ) -> Rc<ShardNode> {
         let outboxes = (0..routing.shards()).map(|peer| (peer != id.0).then(Outbox::default)).collect();
         let boot = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_nanos() as u64;
@@ -123,6 +139,8 @@ impl ShardNode {
             core: RefCell::new(statefun_core::Shard::new(id, routing, registry.clone(), retention)),
             registry,
             metrics,
+            remote: services.remote,
+            playground: services.playground,
             journal,
             poisoned: RefCell::default(),
             egress: RefCell::default(),
@@ -136,11 +154,30 @@ impl ShardNode {
 
     /// Every shard's counters in Prometheus text.
     pub fn metrics_text(&self) -> String {
-        self.metrics.render()
+        let mut text = self.metrics.render();
+        text.push_str("# HELP statefun_remote_parked Remote addresses parked after their call budget.\n");
+        text.push_str("# TYPE statefun_remote_parked gauge\n");
+        text.push_str(&format!("statefun_remote_parked {}\n", self.remote.parked().len()));
+        text
     }
 
-    fn metrics(&self) -> &ShardMetrics {
+    pub(crate) fn shard_metrics(&self) -> &ShardMetrics {
         &self.metrics.shards[usize::from(self.id.0)]
+    }
+
+    /// Wakes the core loop: there are records to commit or work to start.
+    pub(crate) fn wake(&self) {
+        self.work.notify();
+    }
+
+    /// Asks every shard's parked remote addresses to try again now.
+    pub fn retry_parked(&self) {
+        for peer in 0..self.routing.shards() {
+            if peer != self.id.0 {
+                self.push(ShardId(peer), MeshMessage::RetryParked);
+            }
+        }
+        self.remote.retry_now();
     }
 
     /// Rebuilds the shard from its committed records, before it starts.
@@ -195,7 +232,8 @@ impl ShardNode {
                     core.fire_timers(now);
                     core.run(now, core_limits::invocations_per_turn_max)
                 };
-                ShardMetrics::add(&self.metrics().invocations, ran as u64);
+                ShardMetrics::add(&self.shard_metrics().invocations, ran as u64);
+                self.dispatch_remote();
             }
             self.commit();
             self.let_out();
@@ -214,7 +252,7 @@ impl ShardNode {
 
     /// Whether the loop may make new records: not after the log failed, and not while the
     /// log is behind by more than `unsynced_bytes_max` (the pushback of a slow disk).
-    fn accepts_work(&self) -> bool {
+    pub(crate) fn accepts_work(&self) -> bool {
         if self.poisoned.borrow().is_some() {
             return false;
         }
@@ -259,7 +297,7 @@ impl ShardNode {
         if self.poisoned.borrow().is_none() {
             tracing::error!("{}: the log failed; this shard refuses new work until restarted: {why}", self.id);
             *self.poisoned.borrow_mut() = Some(why.to_string());
-            ShardMetrics::add(&self.metrics().poisoned, 1);
+            ShardMetrics::add(&self.shard_metrics().poisoned, 1);
         }
     }
 
@@ -292,7 +330,7 @@ impl ShardNode {
                 Ok(()) => {
                     synced_at = std::time::Instant::now();
                     journal.durable.set(journal.durable.get() + batch.records as usize);
-                    let metrics = self.metrics();
+                    let metrics = self.shard_metrics();
                     ShardMetrics::add(&metrics.log_batches, 1);
                     ShardMetrics::add(&metrics.log_records, u64::from(batch.records));
                     ShardMetrics::add(&metrics.log_bytes, batch.bytes.len() as u64);
@@ -317,7 +355,12 @@ impl ShardNode {
                 Output::Ack { peer, seq } => self.push(peer, MeshMessage::Ack { from: self.id, seq }),
                 Output::Answer { waiter, outcome } => self.answer(waiter, outcome),
                 Output::Egress(egress) => {
-                    ShardMetrics::add(&self.metrics().egress, 1);
+                    ShardMetrics::add(&self.shard_metrics().egress, 1);
+                    if let Some(playground) = &self.playground {
+                        if let Err(why) = playground.offer(&egress) {
+                            tracing::warn!("{}: a playground egress record is dropped: {why}", self.id);
+                        }
+                    }
                     self.egress.borrow_mut().push(egress);
                 }
             }
@@ -372,6 +415,7 @@ impl ShardNode {
                 self.work.notify();
             }
             MeshMessage::Answer { seq, outcome } => self.settle(seq, outcome),
+            MeshMessage::RetryParked => self.remote.retry_now(),
         }
     }
 
@@ -427,7 +471,7 @@ impl ShardNode {
         if owner == self.id {
             self.submit(target, value, request, waiter, want);
         } else {
-            ShardMetrics::add(&self.metrics().forwarded, 1);
+            ShardMetrics::add(&self.shard_metrics().forwarded, 1);
             self.push(owner, MeshMessage::Request { target, value, request, waiter, want });
         }
         Exchange { node: self.clone(), seq, receiver }

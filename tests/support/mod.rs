@@ -164,3 +164,24 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+/// A PUT, whatever its status.
+pub fn put(url: &str, content_type: Option<&str>, body: &str) -> Reply {
+    let mut request = ureq::put(url).timeout(Duration::from_secs(30));
+    if let Some(content_type) = content_type {
+        request = request.set("Content-Type", content_type);
+    }
+    reply(request.send_string(body))
+}
+
+/// A DELETE, whatever its status.
+pub fn delete(url: &str) -> Reply {
+    reply(ureq::delete(url).timeout(Duration::from_secs(30)).call())
+}
+
+/// A port that was free a moment ago, for a listener the test configures but does not bind
+/// itself (another process may take it in between, which is rare enough for tests).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("local address").port()
+}
