@@ -1,9 +1,10 @@
 # Sourced by the benchmark scripts: build, a scratch directory, and a node on loopback.
 #
 #   perf_setup NAME      builds release, makes $work, kills the node and removes $work on exit
-#   serve DURABILITY     starts a node (2 shards by default) on free ports with its data in
-#                        $work/data-DURABILITY; sets $url (http://...), $quic (HOST:PORT),
-#                        $shards and $node (its pid)
+#   serve DURABILITY [ARGS...]
+#                        starts a node (2 shards by default) on free ports with its data in
+#                        $work/data-DURABILITY and ARGS added to `statefun serve`; sets $url
+#                        (http://...), $quic (HOST:PORT), $shards and $node (its pid)
 #   stop                 stops the node, if one runs
 
 bin=target/release
@@ -24,8 +25,10 @@ stop() {
 }
 
 serve() {
-  "$bin/statefun" serve --http 127.0.0.1:0 --listen 127.0.0.1:0 --data-dir "$work/data-$1" --durability "$1" \
-    >"$work/serve.out" 2>"$work/serve.err" &
+  local durability=$1
+  shift
+  "$bin/statefun" serve --http 127.0.0.1:0 --listen 127.0.0.1:0 --data-dir "$work/data-$durability" \
+    --durability "$durability" "$@" >"$work/serve.out" 2>"$work/serve.err" &
   node=$!
   for _ in $(seq 200); do grep -q http "$work/serve.out" 2>/dev/null && break; sleep 0.05; done
   url=$(grep -o 'http://[0-9.:]*' "$work/serve.out") || {

@@ -151,9 +151,10 @@ impl Failure {
 /// Checks an endpoint's answer: 2xx, `application/octet-stream` (or no type), a `FromFunction`.
 fn reply(url: &str, response: http::Response) -> Result<FromFunction, Failure> {
     if !(200..300).contains(&response.status) {
-        let excerpt = String::from_utf8_lossy(&response.body[..response.body.len().min(limits::remote_error_bytes_max)])
-            .trim()
-            .to_string();
+        let excerpt =
+            String::from_utf8_lossy(&response.body[..response.body.len().min(limits::remote_error_bytes_max)])
+                .trim()
+                .to_string();
         let why = format!("{url} answered HTTP {}: {excerpt}", response.status);
         return Err(Failure { why, retry_after: response.retry_after });
     }
@@ -225,7 +226,11 @@ impl ShardNode {
                             ShardMetrics::add(&metrics.remote_messages, batch.len() as u64);
                             if parked.is_some() {
                                 self.remote.parked.unpark(&batch.address.to_string());
-                                tracing::info!("{}: {} resumed after {attempts} failed attempts", self.id, batch.address);
+                                tracing::info!(
+                                    "{}: {} resumed after {attempts} failed attempts",
+                                    self.id,
+                                    batch.address
+                                );
                             }
                             self.remote.in_flight.set(self.remote.in_flight.get() - 1);
                             return;
