@@ -143,7 +143,7 @@ struct ServeArgs {
 
 /// The client commands: `call`, `send`, `tail`.
 mod client {
-    use statefun::core::{types, Address, TypeName, TypedValue, ValueType};
+    use statefun::core::{types, Address, TypeName, TypedValue};
     use statefun_net::client::{Client, ClientConfig};
 
     use super::{CallArgs, ConnectArgs, TailArgs};
@@ -165,20 +165,13 @@ mod client {
 
     /// A value as text: built-in types decoded, anything else as UTF-8 (or hex).
     pub fn show(value: &TypedValue) -> String {
-        let decoded = match value.typename.name() {
-            _ if value.typename.namespace() != types::NAMESPACE => None,
-            "long" => i64::decode(&value.value).ok().map(|v| v.to_string()),
-            "int" => i32::decode(&value.value).ok().map(|v| v.to_string()),
-            "bool" => bool::decode(&value.value).ok().map(|v| v.to_string()),
-            "double" => f64::decode(&value.value).ok().map(|v| v.to_string()),
-            "float" => f32::decode(&value.value).ok().map(|v| v.to_string()),
-            "string" => String::decode(&value.value).ok(),
-            _ => None,
-        };
-        decoded.unwrap_or_else(|| match value.as_text() {
-            Ok(text) => text.to_string(),
-            Err(_) => value.value.iter().map(|byte| format!("{byte:02x}")).collect(),
-        })
+        match types::builtin_to_text(value) {
+            Some(Ok(text)) => text,
+            _ => match value.as_text() {
+                Ok(text) => text.to_string(),
+                Err(_) => value.value.iter().map(|byte| format!("{byte:02x}")).collect(),
+            },
+        }
     }
 
     #[allow(clippy::print_stdout)] // The reply is the command's output.

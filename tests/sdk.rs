@@ -378,14 +378,49 @@ fn a_failing_address_is_parked_and_retried_without_blocking_others() {
     assert_eq!(metric(&server, "statefun_remote_parked"), Some(1.0));
     assert!(rig.stat("failures", "test/flaky") >= 2, "the runtime retried before parking");
 
+    let listed = statefun(&["parked", "--http", server.url.trim_start_matches("http://")]);
+    assert!(listed.contains("\"address\":\"test/flaky/x\""), "statefun parked: {listed}");
+
     assert_eq!(delete(&rig.python.url("/fail/x")).status, 200);
-    let retry = server.post("/v1/parked/retry", None, "");
-    assert!((200..300).contains(&retry.status), "/v1/parked/retry: {} {}", retry.status, retry.body);
+    let retried = statefun(&["retry", "--http", server.url.trim_start_matches("http://")]);
+    assert!(retried.contains("\"retrying\":1"), "statefun retry: {retried}");
     // Exactly the five parked messages were applied, once each, before this one.
     assert_eq!(call_text(&server, "test/flaky/x", "inc"), "count=6");
     let list = parked(&server);
     assert!(list.is_empty(), "still parked after the retry: {list:?}");
     assert!(eventually(Duration::from_secs(5), || metric(&server, "statefun_remote_parked") == Some(0.0)));
+}
+
+/// Runs a `statefun` command to its end and returns what it printed; it must succeed.
+fn statefun(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_statefun")).args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "statefun {args:?}: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    stdout
+}
+
+#[test]
+fn a_module_with_errors_is_refused_naming_the_document_and_field() {
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let module = dir.join("module.yaml");
+    let text =
+        "kind: io.statefun.endpoints.v2/http\nspec:\n  functions: test/*\n  urlPathTemplate: http://127.0.0.1:1/\n\
+                ---\nkind: io.statefun.endpoints.v2/http\nspec:\n  functions: other/*\n  urlPathTemplate: http://h/\n  \
+                transport:\n    call: two minutes\n";
+    std::fs::write(&module, text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_statefun"))
+        .args(["serve", "--http", "127.0.0.1:0", "--listen", "127.0.0.1:0", "--module"])
+        .arg(&module)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("document 2 (io.statefun.endpoints.v2/http), spec.transport.call"), "{stderr}");
+    assert!(stderr.contains("expected a duration"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -43,6 +43,16 @@ impl Endpoint {
     pub fn new(spec: &EndpointSpec) -> Result<Endpoint, http::Error> {
         let transport = &spec.transport;
         let tls = transport.tls.clone().unwrap_or_default();
+        if let Some(password) = &tls.client_key_password {
+            return Err(http::Error::Config {
+                endpoint: spec.url.authority(),
+                why: format!(
+                    "client_key_password {}: encrypted client keys are not supported; give the key unencrypted \
+                     (openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.p8) and drop client_key_password",
+                    password.display()
+                ),
+            });
+        }
         let pool = http::Pool::new(http::PoolConfig {
             tls: spec.url.tls,
             host: spec.url.host.clone(),
