@@ -53,4 +53,4 @@ for function in counter jscounter; do
       "$work/run.json" "$function" "$([[ $function == counter ]] && echo Python || echo JavaScript)" "$concurrency"
   done
 done
-grep -h 'statefun_remote_\(requests\|messages\|handshakes\|failures\)_total' <(curl -s "$url/metrics") | paste -sd' '
+curl -s "$url/metrics" | grep '^statefun_remote_.*_total{' | paste -sd' '
