@@ -33,7 +33,10 @@ pub use function::{
 pub use record::{
     Egress, Entry, Envelope, Invocation, MessageId, Mutation, Record, RequestKey, Route, Send, TimerId, TimerOp,
 };
-pub use requests::{Outcome, Waiter, Want};
-pub use shard::{Batch, Completion, Output, Pending, Retention, Shard};
+pub use requests::{Outcome, StoredOutcome, StoredRequest, Waiter, Want};
+pub use shard::{
+    AddressState, Batch, CheckpointEpoch, Completion, LinkState, Output, Pending, Retention, Shard, ShardMeta,
+    TimerState, ValueState,
+};
 pub use time::UnixMillis;
 pub use value::{TypedValue, ValueType};

@@ -67,6 +67,23 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// A request kept for retries with its key, as a checkpoint holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRequest {
+    pub key: Arc<str>,
+    pub target: Address,
+    /// The function's answer, if it gave one: a reply or a failure.
+    pub outcome: Option<StoredOutcome>,
+    pub expires_at: UnixMillis,
+}
+
+/// The answer a request got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredOutcome {
+    Reply(TypedValue),
+    Failed(String),
+}
+
 /// One request hosted by this shard.
 #[derive(Debug)]
 struct Request {
@@ -250,6 +267,50 @@ impl Requests {
             request.admitted_durable = true;
             request.outcome_durable = request.outcome.is_some();
             assert!(request.waiters.is_empty());
+        }
+    }
+
+    /// The keyed requests, sorted by key: what a checkpoint keeps (nobody waits after a
+    /// restart, so requests without a client key are not kept; see [`Requests::recovered`]).
+    pub fn stored(&self) -> Vec<StoredRequest> {
+        let mut stored: Vec<StoredRequest> = self
+            .requests
+            .iter()
+            .filter(|(_, request)| request.keyed)
+            .map(|(key, request)| StoredRequest {
+                key: key.clone(),
+                target: request.target.clone(),
+                outcome: match &request.outcome {
+                    Some(Outcome::Reply(value)) => Some(StoredOutcome::Reply(value.clone())),
+                    Some(Outcome::Failed(why)) => Some(StoredOutcome::Failed(why.clone())),
+                    Some(Outcome::Refused(error)) => Some(StoredOutcome::Failed(error.to_string())),
+                    Some(Outcome::Admitted) | None => None,
+                },
+                expires_at: request.expires_at,
+            })
+            .collect();
+        stored.sort_by(|a, b| a.key.cmp(&b.key));
+        stored
+    }
+
+    /// Puts back the requests of a checkpoint, as recovered (durable, nobody waiting).
+    pub fn restore(&mut self, stored: Vec<StoredRequest>) {
+        for request in stored {
+            let outcome = request.outcome.map(|outcome| match outcome {
+                StoredOutcome::Reply(value) => Outcome::Reply(value),
+                StoredOutcome::Failed(why) => Outcome::Failed(why),
+            });
+            let entry = Request {
+                target: request.target,
+                keyed: true,
+                admitted_durable: true,
+                outcome_durable: outcome.is_some(),
+                outcome,
+                expires_at: request.expires_at,
+                waiters: Vec::new(),
+            };
+            self.expiry.insert((request.expires_at, request.key.clone()), ());
+            self.requests.insert(request.key, entry);
         }
     }
 
