@@ -14,7 +14,7 @@
 //! budget of addresses times their size. The meta is copied in one go: its size is bounded by
 //! `requests_per_shard_max` keyed requests and the links' outboxes.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::{Instance, Link, Shard, Timer};
@@ -265,7 +265,7 @@ impl Shard {
                 let tokens = self.tokens.entry(address.clone()).or_default();
                 tokens.insert(token.clone(), (timer.fire_at, timer.id));
             }
-            self.owned_timers.entry(address.clone()).or_insert_with(BTreeSet::new).insert((timer.fire_at, timer.id));
+            self.owned_timers.entry(address.clone()).or_default().insert((timer.fire_at, timer.id));
             let entry = Timer { owner: address.clone(), token: timer.token, envelope: timer.envelope };
             self.timers.insert((timer.fire_at, timer.id), entry);
         }
