@@ -37,6 +37,7 @@ mod playground;
 mod remote;
 mod rt;
 pub mod shard;
+pub mod snapshots;
 
 pub use node::{Config, Durability, Node};
 pub use statefun_core as core;

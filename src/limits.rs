@@ -51,5 +51,21 @@ pub const remote_attempt_min_ms: u64 = 10;
 /// Bytes of an endpoint's error body quoted in the error of a parked address.
 pub const remote_error_bytes_max: usize = 512;
 
+/// Addresses a checkpoint captures per step before it yields to the core loop: the bound of
+/// the pause a checkpoint puts on invocations (each capture copies one address's values,
+/// mailbox and timers: about a microsecond for a small address).
+pub const checkpoint_addresses_per_step: usize = 256;
+
+/// How often the checkpointer looks at the log's growth.
+pub const checkpoint_poll_ms: u64 = 1_000;
+
+/// Deltas are folded into a new base once their bytes times this pass the base's: at 2,
+/// once the deltas are half the base, a recovery reads at most 1.5 bases.
+pub const checkpoint_deltas_fold_ratio: u64 = 2;
+
+/// Deltas are folded into a new base after this many, whatever their size: each is a run a
+/// recovery merges.
+pub const checkpoint_deltas_max: usize = 16;
+
 const _: () = assert!(remote_backoff_first_ms <= remote_backoff_max_ms);
 const _: () = assert!(mesh_channel_messages_max >= statefun_core::limits::invocations_per_turn_max);

@@ -26,6 +26,8 @@ enum Command {
     Send(CallArgs),
     /// Prints an egress's records as they are committed, from every shard.
     Tail(TailArgs),
+    /// Checkpoints every shard now, and prints what each checkpoint wrote.
+    Snapshot(ConnectArgs),
     /// Lists the remote addresses parked after their call budget ran out, with their errors.
     Parked(AdminArgs),
     /// Makes every parked remote address try again now.
@@ -139,12 +141,33 @@ struct ServeArgs {
     /// instead of the example application.
     #[arg(long)]
     module: Option<PathBuf>,
+    /// Where checkpoints and sealed log segments go: file:///dir, or s3://bucket/prefix
+    /// (built with the `s3` feature; endpoint, region and credentials from the AWS_*
+    /// environment variables) [default: file://{data-dir}/blobs].
+    #[arg(long)]
+    blob_url: Option<String>,
+    /// Time between checkpoints, such as 60s or 5min.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    snapshot_interval: Duration,
+    /// A checkpoint also starts once the log grew by this many MiB since the last.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_log_mib: u64,
+    /// Checkpoints kept per shard in the blob store; older ones go, with what only they use.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    snapshots_retained: u64,
 }
 
-/// The client commands: `call`, `send`, `tail`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    statefun::module::parse_duration(text)
+}
+
+/// The client commands: `call`, `send`, `tail`, `snapshot`.
 mod client {
-    use statefun::core::{types, Address, TypeName, TypedValue};
+    use std::time::Duration;
+
+    use statefun::core::{types, Address, ShardId, TypeName, TypedValue};
     use statefun_net::client::{Client, ClientConfig};
+    use statefun_net::frame::SnapshotOutcome;
 
     use super::{CallArgs, ConnectArgs, TailArgs};
 
@@ -203,6 +226,137 @@ mod client {
             Ok(())
         })
     }
+
+    /// How often `snapshot` says it is still waiting.
+    const SNAPSHOT_PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+    /// Asks every shard for a checkpoint at once; prints one line per shard, in shard order,
+    /// as soon as it and the shards before it have answered.
+    #[allow(clippy::print_stdout, clippy::print_stderr)] // The lines are the command's output; progress goes to stderr.
+    pub fn snapshot(args: super::ConnectArgs) -> anyhow::Result<()> {
+        runtime()?.block_on(async {
+            let client = connect(&args).await?;
+            let shards = usize::from(client.shards());
+            let mut tasks = tokio::task::JoinSet::new();
+            for shard in 0..client.shards() {
+                let client = client.clone();
+                tasks.spawn(async move { (shard, client.snapshot_shard(ShardId(shard)).await) });
+            }
+            let mut lines: Vec<Option<(bool, String)>> = vec![None; shards];
+            let (mut printed, mut failed) = (0, 0);
+            let mut progress = tokio::time::interval_at(
+                tokio::time::Instant::now() + SNAPSHOT_PROGRESS_EVERY,
+                SNAPSHOT_PROGRESS_EVERY,
+            );
+            while !tasks.is_empty() {
+                tokio::select! {
+                    Some(joined) = tasks.join_next() => {
+                        let (shard, outcome) = joined?;
+                        lines[usize::from(shard)] = Some(match outcome {
+                            Ok(outcome) => snapshot_line(shard, &outcome),
+                            Err(error) => (false, format!("shard {shard}: failed: {error}")),
+                        });
+                        while let Some(Some((ok, line))) = lines.get(printed) {
+                            println!("{line}");
+                            failed += usize::from(!ok);
+                            printed += 1;
+                        }
+                    }
+                    _ = progress.tick() => {
+                        let waiting = tasks.len();
+                        eprintln!("waiting for {waiting} shard{}...", if waiting == 1 { "" } else { "s" });
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} of {shards} shards took no checkpoint");
+            }
+            Ok(())
+        })
+    }
+
+    /// One shard's line of `snapshot`, and whether it took a checkpoint.
+    pub fn snapshot_line(shard: u16, outcome: &SnapshotOutcome) -> (bool, String) {
+        match outcome {
+            SnapshotOutcome::Done { generation, lsn, chunks, bytes, states, base } => {
+                let kind = if *base { "base" } else { "delta" };
+                let addresses = if *states == 1 { "address" } else { "addresses" };
+                let chunks_word = if *chunks == 1 { "chunk" } else { "chunks" };
+                let line = format!(
+                    "shard {shard}: generation {generation}, LSN {lsn}, {kind} of {} {addresses}, {chunks} {chunks_word}, {} written",
+                    thousands(*states),
+                    binary_bytes(*bytes)
+                );
+                (true, line)
+            }
+            SnapshotOutcome::Failed(why) => (false, format!("shard {shard}: failed: {why}")),
+        }
+    }
+
+    /// `1200` as `1,200`.
+    fn thousands(n: u64) -> String {
+        let digits = n.to_string();
+        let mut text = String::with_capacity(digits.len() + digits.len() / 3);
+        for (index, digit) in digits.chars().enumerate() {
+            if index > 0 && (digits.len() - index) % 3 == 0 {
+                text.push(',');
+            }
+            text.push(digit);
+        }
+        text
+    }
+
+    /// A byte count in binary units, one decimal past bytes: `1.2 MiB`.
+    fn binary_bytes(bytes: u64) -> String {
+        const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+        if bytes < 1024 {
+            return format!("{bytes} B");
+        }
+        let mut value = bytes as f64 / 1024.0;
+        let mut unit = 0;
+        while value >= 1024.0 && unit + 1 < UNITS.len() {
+            value /= 1024.0;
+            unit += 1;
+        }
+        format!("{value:.1} {}", UNITS[unit])
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn snapshot_lines_read_as_sentences() {
+            let done = SnapshotOutcome::Done {
+                generation: 4,
+                lsn: 123_456,
+                chunks: 3,
+                bytes: 1_258_291,
+                states: 1_200,
+                base: false,
+            };
+            assert_eq!(
+                snapshot_line(0, &done),
+                (true, "shard 0: generation 4, LSN 123456, delta of 1,200 addresses, 3 chunks, 1.2 MiB written".into())
+            );
+            let base = SnapshotOutcome::Done { generation: 1, lsn: 0, chunks: 1, bytes: 900, states: 1, base: true };
+            assert_eq!(
+                snapshot_line(2, &base).1,
+                "shard 2: generation 1, LSN 0, base of 1 address, 1 chunk, 900 B written"
+            );
+            let failed = SnapshotOutcome::Failed("shard 1: snapshots are not enabled".into());
+            assert_eq!(
+                snapshot_line(1, &failed),
+                (false, "shard 1: failed: shard 1: snapshots are not enabled".into())
+            );
+            assert_eq!(thousands(0), "0");
+            assert_eq!(thousands(999), "999");
+            assert_eq!(thousands(1_000), "1,000");
+            assert_eq!(thousands(12_345_678), "12,345,678");
+            assert_eq!(binary_bytes(1024), "1.0 KiB");
+            assert_eq!(binary_bytes(u64::MAX), "16.0 EiB");
+        }
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -215,6 +369,7 @@ fn main() -> std::process::ExitCode {
         Command::Call(args) => client::call(args, true),
         Command::Send(args) => client::call(args, false),
         Command::Tail(args) => client::tail(args),
+        Command::Snapshot(args) => client::snapshot(args),
         Command::Parked(args) => admin(&args, "GET", "/v1/parked"),
         Command::Retry(args) => admin(&args, "POST", "/v1/parked/retry"),
         Command::Log(LogCommand::Truncate { segment, offset }) => truncate(&segment, offset),
@@ -278,6 +433,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         spin_before_park: args.spin_before_park_us.map(Duration::from_micros),
         retention: Retention { keyed: Duration::from_secs(args.idempotency_retention_s), ..defaults.retention },
         module: args.module.as_deref().map(statefun::module::Module::load).transpose()?,
+        blob_url: args.blob_url,
+        snapshots: statefun::snapshots::SnapshotConfig {
+            interval: args.snapshot_interval,
+            log_bytes: args.snapshot_log_mib * 1024 * 1024,
+            retained: args.snapshots_retained as usize,
+        },
     };
     let durability = config.durability_text();
     // A module brings its own functions; the example application is for trying the node out.

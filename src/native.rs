@@ -4,9 +4,12 @@
 //! A connection must open with a `Hello` carrying the node's client token; the answer is a
 //! `Welcome` with the cluster map, or a `Refused` and the end of the connection. Every
 //! request runs as its own task, so a connection has many in flight; its reply is sent when
-//! its outcome is durable. A frame that does not decode closes its connection with the
-//! reason, and nothing else.
+//! its outcome is durable. A `Snapshot` (an operator's "checkpoint this shard now") runs on
+//! its own task too, so a checkpoint of seconds holds up no request; at most one checkpoint
+//! runs at a time, and the snapshot requests that arrive meanwhile share the next one. A frame
+//! that does not decode closes its connection with the reason, and nothing else.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Duration;
@@ -39,12 +42,28 @@ struct Subscription {
     next: u64,
 }
 
+/// Snapshot requests one connection may have waiting for the next checkpoint. An operator
+/// asks once per shard and waits; more than a few at once is a client gone wrong, and each
+/// one past the bound is answered `Failed` at once rather than kept.
+const SNAPSHOTS_WAITING_PER_CONNECTION_MAX: usize = 16;
+
+/// The shard's snapshot requests: at most one checkpoint runs at a time, and requests that
+/// arrive while it runs wait for the next one, which starts after all of them arrived (a
+/// checkpoint already under way may not hold what a later requester wrote before asking).
+#[derive(Debug, Default)]
+struct Snapshots {
+    running: bool,
+    /// Waiting for the next checkpoint: the connection and the request's id.
+    waiting: Vec<(ConnectionId, u64)>,
+}
+
 /// Serves the endpoint's connections for as long as the shard lives.
 pub async fn serve(node: Rc<ShardNode>, endpoint: Endpoint, config: NativeConfig) {
     let Endpoint { events, commands, .. } = endpoint;
     let commands = Rc::new(commands);
     let config = Rc::new(config);
-    let subscriptions: Rc<std::cell::RefCell<Vec<Subscription>>> = Rc::default();
+    let subscriptions: Rc<RefCell<Vec<Subscription>>> = Rc::default();
+    let snapshots: Rc<RefCell<Snapshots>> = Rc::default();
     {
         let (node, commands, subscriptions) = (node.clone(), commands.clone(), subscriptions.clone());
         rt::spawn_local(async move { deliver_egress(node, commands, subscriptions).await }).detach();
@@ -55,6 +74,7 @@ pub async fn serve(node: Rc<ShardNode>, endpoint: Endpoint, config: NativeConfig
             Event::Closed { connection } => {
                 welcomed.remove(&connection);
                 subscriptions.borrow_mut().retain(|subscription| subscription.connection != connection);
+                snapshots.borrow_mut().waiting.retain(|(waiting, _)| *waiting != connection);
             }
             Event::Frame { connection, kind, payload } => {
                 let close = |reason: String| {
@@ -105,6 +125,10 @@ pub async fn serve(node: Rc<ShardNode>, endpoint: Endpoint, config: NativeConfig
                             });
                             node.egress.borrow().signal.notify();
                         }
+                        Err(error) => close(format!("bad frame: {error}")),
+                    },
+                    Kind::Snapshot => match frame::decode::<frame::Snapshot>(kind, &payload) {
+                        Ok(snapshot) => ask_snapshot(&node, &commands, &snapshots, connection, snapshot.id),
                         Err(error) => close(format!("bad frame: {error}")),
                     },
                     other => close(format!("a client does not send {other:?} frames")),
@@ -162,6 +186,73 @@ async fn answer(
     let _ = commands.try_send(Command::Done { connection });
 }
 
+/// Queues a snapshot request for the next checkpoint, and starts the checkpoints' task if
+/// none runs.
+fn ask_snapshot(
+    node: &Rc<ShardNode>,
+    commands: &Rc<LocalSender<Command>>,
+    snapshots: &Rc<RefCell<Snapshots>>,
+    connection: ConnectionId,
+    id: u64,
+) {
+    let (queued, start) = {
+        let mut state = snapshots.borrow_mut();
+        let held = state.waiting.iter().filter(|(waiting, _)| *waiting == connection).count();
+        if held >= SNAPSHOTS_WAITING_PER_CONNECTION_MAX {
+            (false, false)
+        } else {
+            state.waiting.push((connection, id));
+            (true, !std::mem::replace(&mut state.running, true))
+        }
+    };
+    if !queued {
+        let why = format!(
+            "{}: more than {SNAPSHOTS_WAITING_PER_CONNECTION_MAX} snapshot requests of this connection are waiting",
+            node.id
+        );
+        let answer =
+            frame::encode(Kind::Snapshotted, &frame::Snapshotted { id, outcome: frame::SnapshotOutcome::Failed(why) });
+        let _ = commands.try_send(Command::Send { connection, frame: answer });
+        return;
+    }
+    // Started with no borrow held: the task may run at once.
+    if start {
+        let (node, commands, snapshots) = (node.clone(), commands.clone(), snapshots.clone());
+        rt::spawn_local(async move { take_snapshots(node, commands, snapshots).await }).detach();
+    }
+}
+
+/// Takes checkpoints, one after another, while snapshot requests wait; answers each request
+/// with the outcome of the first checkpoint that started after it arrived.
+async fn take_snapshots(node: Rc<ShardNode>, commands: Rc<LocalSender<Command>>, snapshots: Rc<RefCell<Snapshots>>) {
+    loop {
+        let batch = {
+            let mut state = snapshots.borrow_mut();
+            if state.waiting.is_empty() {
+                state.running = false;
+                return;
+            }
+            std::mem::take(&mut state.waiting)
+        };
+        let outcome = match node.snapshot_now().await {
+            Ok(checkpoint) => frame::SnapshotOutcome::Done {
+                generation: checkpoint.generation,
+                lsn: checkpoint.lsn,
+                chunks: checkpoint.chunks,
+                bytes: checkpoint.bytes,
+                states: checkpoint.states,
+                base: checkpoint.base,
+            },
+            Err(why) => frame::SnapshotOutcome::Failed(why),
+        };
+        // A connection closed meanwhile is gone from the endpoint: its answer goes nowhere.
+        for (connection, id) in batch {
+            let answer = frame::Snapshotted { id, outcome: outcome.clone() };
+            let _ = commands.try_send(Command::Send { connection, frame: frame::encode(Kind::Snapshotted, &answer) });
+        }
+    }
+}
+
 fn target_and_value(request: &frame::Request) -> Result<(Address, TypedValue), Error> {
     let target = Address::new(TypeName::parse(&request.function)?, &request.target_id)?;
     let value = TypedValue::new(TypeName::parse(&request.typename)?, request.value.clone());
@@ -186,7 +277,7 @@ fn outcome_frame(outcome: Outcome) -> frame::Outcome {
 async fn deliver_egress(
     node: Rc<ShardNode>,
     commands: Rc<LocalSender<Command>>,
-    subscriptions: Rc<std::cell::RefCell<Vec<Subscription>>>,
+    subscriptions: Rc<RefCell<Vec<Subscription>>>,
 ) {
     let signal = node.egress.borrow().signal.clone();
     loop {

@@ -10,7 +10,8 @@ use statefun_core::{limits as core_limits, Registry, RemoteBinding, Retention, R
 
 use statefun_net::frame::ShardEndpoint;
 use statefun_net::tls::DevFiles;
-use statefun_storage::{Batcher, LogConfig, Recovered, Segments};
+use statefun_storage::blob::BlobStore;
+use statefun_storage::{Batcher, LogConfig, Lsn, Recovered, Segments};
 
 use crate::limits;
 use crate::metrics::Metrics;
@@ -20,6 +21,7 @@ use crate::playground::PlaygroundTopics;
 use crate::remote::{self, Parked, Remote};
 use crate::rt::{self, ExecutorJoinHandle};
 use crate::shard::{Journal, MeshMessage, Services, ShardNode};
+use crate::snapshots::{self, SnapshotConfig, Snapshots};
 
 /// How committed a record is before its effects leave the shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -59,6 +61,10 @@ pub struct Config {
     pub retention: Retention,
     /// A StateFun module: remote functions, the playground ingress and egress.
     pub module: Option<Module>,
+    /// Where checkpoints and sealed log segments go: `file:///dir` or (with the `s3`
+    /// feature) `s3://bucket/prefix`; `None` is `{data_dir}/blobs`.
+    pub blob_url: Option<String>,
+    pub snapshots: SnapshotConfig,
 }
 
 impl Config {
@@ -77,6 +83,12 @@ impl Config {
             spin_before_park: None,
             retention: Retention::default(),
             module: None,
+            blob_url: None,
+            snapshots: SnapshotConfig {
+                interval: Duration::from_secs(60),
+                log_bytes: 256 * 1024 * 1024,
+                retained: 3,
+            },
         }
     }
 }
@@ -91,6 +103,16 @@ impl Config {
             }
             Durability::Memory => "memory (no log: state is lost on exit)".to_string(),
         }
+    }
+
+    /// The blob store's URL: `--blob-url`, or a directory in the data directory.
+    pub fn blob_url(&self) -> anyhow::Result<String> {
+        if let Some(url) = &self.blob_url {
+            return Ok(url.clone());
+        }
+        let data_dir = std::path::absolute(&self.data_dir)
+            .with_context(|| format!("cannot resolve the data directory {}", self.data_dir.display()))?;
+        Ok(format!("file://{}", data_dir.join("blobs").display()))
     }
 
     /// The log directory of a shard.
@@ -176,6 +198,13 @@ impl Node {
             .context("cannot bind the module's functions")?;
         }
         let playground = Playground::bind(&module, http.ip())?;
+        let store = match config.durability {
+            Durability::Memory => None,
+            _ => {
+                let url = config.blob_url()?;
+                Some(BlobStore::open(&url).with_context(|| format!("cannot open the blob store {url}"))?)
+            }
+        };
         let parked = Arc::new(Parked::default());
         let registry = Arc::new(registry);
         let metrics = Arc::new(Metrics::new(shards));
@@ -192,8 +221,9 @@ impl Node {
             let reset_key = reset_key.clone();
             let metrics = metrics.clone();
             let (module, parked, playground) = (module.clone(), parked.clone(), playground.clone());
+            let (store, snapshot_config) = (store.clone(), config.snapshots.clone());
             let log = (config.durability != Durability::Memory)
-                .then(|| LogConfig { dir: config.log_dir(id), segment_bytes: config.segment_bytes });
+                .then(|| LogConfig { dir: config.log_dir(id), segment_bytes: config.segment_bytes, after: Lsn(0) });
             let interval = (config.durability == Durability::Interval).then_some(config.fsync_interval);
             let executor =
                 rt::start_pinned(&format!("shard-{index}"), index, config.spin_before_park, move || async move {
@@ -212,18 +242,36 @@ impl Node {
                         connected.push((peer, sender, receiver));
                     }
                     tracing::debug!("{id}: mesh connected");
-                    let (journal, segments, records) = match &log {
-                        None => (None, None, Vec::new()),
-                        Some(log) => match recover(id, log).await {
-                            Ok((recovered, batcher, segments)) => {
-                                (Some(Journal::new(batcher, interval)), Some(segments), recovered.records)
+                    let (journal, segments, records, restored, next_lsn) = match &log {
+                        None => (None, None, Vec::new(), None, Lsn(1)),
+                        Some(log) => {
+                            let restored = match &store {
+                                Some(store) => match snapshots::restore_point(store, id, &log.dir).await {
+                                    Ok(restored) => restored,
+                                    Err(error) => {
+                                        let _ = ready.send(Err(format!("{id}: cannot restore a checkpoint: {error}")));
+                                        return;
+                                    }
+                                },
+                                None => None,
+                            };
+                            let after = restored.as_ref().map_or(Lsn(0), |restored| Lsn(restored.manifest.lsn));
+                            let log = LogConfig { after, ..log.clone() };
+                            match recover(id, &log).await {
+                                Ok((recovered, batcher, segments)) => (
+                                    Some(Journal::new(batcher, interval)),
+                                    Some(segments),
+                                    recovered.records,
+                                    restored,
+                                    recovered.next_lsn,
+                                ),
+                                Err(error) => {
+                                    let dir = log.dir.display();
+                                    let _ = ready.send(Err(format!("{id}: cannot recover the log in {dir}: {error}")));
+                                    return;
+                                }
                             }
-                            Err(error) => {
-                                let dir = log.dir.display();
-                                let _ = ready.send(Err(format!("{id}: cannot recover the log in {dir}: {error}")));
-                                return;
-                            }
-                        },
+                        }
                     };
                     let endpoints: Result<Vec<_>, _> = module.endpoints.iter().map(remote::Endpoint::new).collect();
                     let endpoints = match endpoints {
@@ -233,12 +281,17 @@ impl Node {
                             return;
                         }
                     };
+                    let snapshots = store.map(|store| Snapshots::new(store, snapshot_config, restored.as_ref()));
                     let services = Services {
                         remote: Remote::new(endpoints, parked),
                         playground: playground.egress.as_ref().map(|(_, topics)| topics.clone()),
+                        snapshots,
                     };
                     let node = ShardNode::new(id, routing, registry, retention, journal, metrics, services);
-                    node.recover(&records);
+                    if let Err(error) = node.recover(restored, &records, next_lsn) {
+                        let _ = ready.send(Err(error));
+                        return;
+                    }
                     drop(records);
                     node.start(connected, segments);
                     let listener = match rt::TcpListener::bind(http) {

@@ -22,14 +22,15 @@ use statefun_core::{
     ShardId, TypedValue, UnixMillis, Waiter, Want,
 };
 
-use statefun_storage::{Batcher, Segments};
+use statefun_storage::{Batcher, Lsn, SealedSegment, Segments};
 
 use crate::egress::EgressLog;
 use crate::limits;
 use crate::metrics::{Metrics, ShardMetrics};
 use crate::playground::PlaygroundTopics;
 use crate::remote::Remote;
-use crate::rt::{self, Signal};
+use crate::rt::{self, Broadcast, Signal};
+use crate::snapshots::{Restored, Snapshots};
 
 /// What shards say to each other.
 #[derive(Debug)]
@@ -67,6 +68,17 @@ pub struct Journal {
     pending: Rc<Signal>,
     /// `interval` durability: at most one sync per this period.
     interval: Option<Duration>,
+    /// The last record on disk, synced.
+    durable_lsn: Cell<Lsn>,
+    /// Notified whenever `durable_lsn` moves.
+    synced: Rc<Broadcast>,
+    /// A checkpoint holds the records up to here: the committer removes the segments below.
+    checkpointed: Cell<Lsn>,
+    /// Log bytes written in all, and when the last checkpoint was stored.
+    written_bytes: Cell<u64>,
+    written_bytes_at_checkpoint: Cell<u64>,
+    /// The segments the log has moved past.
+    sealed: RefCell<Vec<SealedSegment>>,
 }
 
 impl Journal {
@@ -77,6 +89,12 @@ impl Journal {
             durable: Cell::new(0),
             pending: Rc::default(),
             interval,
+            durable_lsn: Cell::new(Lsn(0)),
+            synced: Rc::default(),
+            checkpointed: Cell::new(Lsn(0)),
+            written_bytes: Cell::new(0),
+            written_bytes_at_checkpoint: Cell::new(0),
+            sealed: RefCell::default(),
         }
     }
 }
@@ -87,12 +105,15 @@ pub struct ShardNode {
     pub id: ShardId,
     pub routing: Routing,
     pub registry: Arc<Registry>,
+    retention: Retention,
     metrics: Arc<Metrics>,
     pub(crate) core: RefCell<statefun_core::Shard>,
     /// Remote functions: endpoints, batches in flight, parked addresses.
     pub(crate) remote: Remote,
     /// The playground egress, when the module has one.
     playground: Option<Arc<PlaygroundTopics>>,
+    /// Checkpoints to the blob store; `None` in `memory` durability.
+    pub(crate) snapshots: Option<Snapshots>,
     /// `None` in `memory` durability.
     journal: Option<Journal>,
     /// Why the log failed; from then on the shard refuses work.
@@ -113,6 +134,7 @@ pub struct ShardNode {
 pub struct Services {
     pub remote: Remote,
     pub playground: Option<Arc<PlaygroundTopics>>,
+    pub snapshots: Option<Snapshots>,
 }
 
 /// The wall clock, as the core wants it.
@@ -137,10 +159,12 @@ impl ShardNode {
             id,
             routing,
             core: RefCell::new(statefun_core::Shard::new(id, routing, registry.clone(), retention)),
+            retention,
             registry,
             metrics,
             remote: services.remote,
             playground: services.playground,
+            snapshots: services.snapshots,
             journal,
             poisoned: RefCell::default(),
             egress: RefCell::default(),
@@ -170,6 +194,45 @@ impl ShardNode {
         self.work.notify();
     }
 
+    /// The LSN of the last record appended to the log.
+    pub(crate) fn appended_lsn(&self) -> Lsn {
+        self.journal.as_ref().map_or(Lsn(0), |journal| journal.batcher.borrow().last_lsn())
+    }
+
+    /// Waits until the log is durable up to `lsn`; fails if the log fails first.
+    pub(crate) async fn wait_durable(&self, lsn: Lsn) -> Result<(), String> {
+        let Some(journal) = &self.journal else { return Ok(()) };
+        while journal.durable_lsn.get() < lsn {
+            if let Some(why) = self.poisoned.borrow().clone() {
+                return Err(format!("{}: the log failed: {why}", self.id));
+            }
+            let synced = journal.synced.wait();
+            futures_lite::future::or(synced, rt::sleep(Duration::from_millis(100))).await;
+        }
+        Ok(())
+    }
+
+    /// A checkpoint holding the records up to `lsn` is stored: the segments below it may go.
+    pub(crate) fn checkpoint_durable(&self, lsn: Lsn) {
+        if let Some(journal) = &self.journal {
+            journal.checkpointed.set(lsn);
+            journal.written_bytes_at_checkpoint.set(journal.written_bytes.get());
+            journal.pending.notify();
+        }
+    }
+
+    /// Log bytes written since the last checkpoint.
+    pub(crate) fn log_bytes_since_checkpoint(&self) -> u64 {
+        self.journal.as_ref().map_or(0, |journal| {
+            journal.written_bytes.get().saturating_sub(journal.written_bytes_at_checkpoint.get())
+        })
+    }
+
+    /// The segments the log has moved past.
+    pub(crate) fn sealed_segments(&self) -> Vec<SealedSegment> {
+        self.journal.as_ref().map_or(Vec::new(), |journal| journal.sealed.borrow().clone())
+    }
+
     /// Asks every shard's parked remote addresses to try again now.
     pub fn retry_parked(&self) {
         for peer in 0..self.routing.shards() {
@@ -180,14 +243,41 @@ impl ShardNode {
         self.remote.retry_now();
     }
 
-    /// Rebuilds the shard from its committed records, before it starts.
-    pub fn recover(&self, records: &[Record]) {
+    /// Rebuilds the shard from its checkpoint, if it has one, and the committed records
+    /// after it, before it starts. Fails if the checkpoint is an older one than the newest
+    /// (which did not load) and the log does not reach the newest's LSN.
+    pub fn recover(&self, restored: Option<Restored>, records: &[Record], next_lsn: Lsn) -> Result<(), String> {
         self.egress.borrow_mut().recover(records);
         let mut core = self.core.borrow_mut();
+        if let Some(restored) = restored {
+            if let Some((newest, why)) = &restored.must_reach {
+                if next_lsn.0 <= *newest {
+                    return Err(format!(
+                        "{}: the newest checkpoint cannot be used ({why}), and the log does not reach its LSN {newest} \
+                         from generation {}'s: restore the blob store or the data directory",
+                        self.id, restored.manifest.generation
+                    ));
+                }
+            }
+            *core = statefun_core::Shard::restore(
+                restored.meta,
+                restored.states,
+                self.routing,
+                self.registry.clone(),
+                self.retention,
+            );
+        }
+        if self.snapshots.is_some() {
+            core.track_changes();
+        }
         for record in records {
             core.replay(record);
         }
         core.recovered();
+        if let Some(journal) = &self.journal {
+            journal.durable_lsn.set(Lsn(next_lsn.0 - 1));
+        }
+        Ok(())
     }
 
     /// Starts the tasks of this shard: the core loop, the committer of its log, and a
@@ -200,6 +290,10 @@ impl ShardNode {
         if let Some(segments) = segments {
             let node = self.clone();
             rt::spawn_local(async move { node.committer(segments).await }).detach();
+        }
+        if self.snapshots.is_some() {
+            rt::spawn_local(self.clone().checkpointer()).detach();
+            rt::spawn_local(self.clone().segment_uploader()).detach();
         }
         for (peer, sender, receiver) in links {
             let node = self.clone();
@@ -263,7 +357,7 @@ impl ShardNode {
 
     /// Moves the core's new records into the log and releases the ones the log made durable.
     /// With `--durability memory` a record counts as committed as soon as it exists.
-    fn commit(&self) {
+    pub(crate) fn commit(&self) {
         let mut core = self.core.borrow_mut();
         let Some(journal) = &self.journal else {
             while let Some(record) = core.poll_record() {
@@ -310,6 +404,18 @@ impl ShardNode {
             if self.poisoned.borrow().is_some() {
                 return;
             }
+            let checkpointed = journal.checkpointed.get();
+            if checkpointed > Lsn(0) {
+                journal.checkpointed.set(Lsn(0));
+                match segments.remove_below(checkpointed) {
+                    Ok(removed) if !removed.is_empty() => {
+                        tracing::info!("{}: removed {} log segments below checkpoint LSN {}", self.id, removed.len(), checkpointed.0);
+                        *journal.sealed.borrow_mut() = segments.sealed();
+                    }
+                    Ok(_) => {}
+                    Err(error) => return self.poison(&error.to_string()),
+                }
+            }
             if !journal.batcher.borrow().has_records() {
                 match segments.prepare_spare().await {
                     Ok(true) => continue,
@@ -330,6 +436,15 @@ impl ShardNode {
                 Ok(()) => {
                     synced_at = std::time::Instant::now();
                     journal.durable.set(journal.durable.get() + batch.records as usize);
+                    journal.durable_lsn.set(Lsn(batch.first_lsn.0 + u64::from(batch.records) - 1));
+                    journal.written_bytes.set(journal.written_bytes.get() + batch.bytes.len() as u64);
+                    journal.synced.notify_all();
+                    if segments.count() != journal.sealed.borrow().len() + 1 {
+                        *journal.sealed.borrow_mut() = segments.sealed();
+                        if let Some(snapshots) = &self.snapshots {
+                            snapshots.segment_sealed();
+                        }
+                    }
                     let metrics = self.shard_metrics();
                     ShardMetrics::add(&metrics.log_batches, 1);
                     ShardMetrics::add(&metrics.log_records, u64::from(batch.records));

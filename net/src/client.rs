@@ -6,6 +6,8 @@
 //! connection breaks, the client reconnects and sends the request again with the same key, so
 //! it is applied once.
 //!
+//! Operators' commands go to every shard: [`Client::snapshot`] asks each for a checkpoint.
+//!
 //! ```no_run
 //! # async fn example() -> Result<(), statefun_net::Error> {
 //! use statefun_core::{Address, TypeName, TypedValue};
@@ -42,6 +44,9 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 const WRITE_QUEUE_FRAMES_MAX: usize = 4096;
 /// Egress records waiting for the subscriber to take them.
 const SUBSCRIPTION_QUEUE_MAX: usize = 4096;
+/// How long a snapshot request waits for its shard's answer: a checkpoint uploads the
+/// shard's changed state to the blob store, minutes for a large shard on a slow link.
+pub const SNAPSHOT_DEADLINE: Duration = Duration::from_secs(10 * 60);
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -76,14 +81,24 @@ pub struct EgressRecord {
     pub value: TypedValue,
 }
 
+/// One shard's answer to [`Client::snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardSnapshot {
+    pub shard: ShardId,
+    /// The checkpoint taken, or why the shard took none.
+    pub outcome: frame::SnapshotOutcome,
+}
+
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<frame::Outcome>>>>;
 type Subscribers = Arc<Mutex<HashMap<u64, mpsc::Sender<frame::Egress>>>>;
+type SnapshotWaiters = Arc<Mutex<HashMap<u64, oneshot::Sender<frame::SnapshotOutcome>>>>;
 
 /// One live connection to a shard.
 struct Link {
     writer: mpsc::Sender<Vec<u8>>,
     pending: Pending,
     subscribers: Subscribers,
+    snapshots: SnapshotWaiters,
     id_next: AtomicU64,
     connection: quinn::Connection,
 }
@@ -257,6 +272,70 @@ impl Client {
         Ok(link)
     }
 
+    /// Asks every shard for a checkpoint now, all at once, and waits for them all (each for up
+    /// to [`SNAPSHOT_DEADLINE`]). Returns one entry per shard, in shard order; a shard that
+    /// took no checkpoint says why in its entry. A shard that cannot be reached, or whose
+    /// connection breaks before it answers, makes the whole call an error: whether that
+    /// shard's checkpoint was taken is unknown.
+    pub async fn snapshot(&self) -> Result<Vec<ShardSnapshot>, Error> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for shard in 0..self.shards() {
+            let client = self.clone();
+            tasks.spawn(async move { (shard, client.snapshot_shard(ShardId(shard)).await) });
+        }
+        let mut outcomes: Vec<Option<frame::SnapshotOutcome>> = vec![None; usize::from(self.shards())];
+        // Dropping the set on an early return ends the other shards' waits.
+        while let Some(joined) = tasks.join_next().await {
+            let (shard, outcome) = joined.map_err(|error| Error::Failed(format!("a snapshot task failed: {error}")))?;
+            outcomes[usize::from(shard)] = Some(outcome?);
+        }
+        Ok(outcomes
+            .into_iter()
+            .zip(0..)
+            .filter_map(|(outcome, shard)| Some(ShardSnapshot { shard: ShardId(shard), outcome: outcome? }))
+            .collect())
+    }
+
+    /// Asks one shard for a checkpoint now and waits up to [`SNAPSHOT_DEADLINE`] for it. The
+    /// shard's failure to take one is `Ok(Failed(why))`; an error means the shard could not be
+    /// asked or did not answer. Requests that reach a shard while a checkpoint runs share
+    /// the next one. A server older than these frames closes the connection: "unknown frame
+    /// kind 8".
+    pub async fn snapshot_shard(&self, shard: ShardId) -> Result<frame::SnapshotOutcome, Error> {
+        if shard.0 >= self.shards() {
+            return Err(Error::Protocol(format!("no shard {}: the cluster has {}", shard.0, self.shards())));
+        }
+        let link = self.link(shard).await?;
+        let id = link.id_next.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        lock(&link.snapshots).insert(id, sender);
+        let closed = |link: &Link| {
+            let why = link.connection.close_reason().map_or_else(|| "it closed".to_string(), |error| error.to_string());
+            Error::Failed(format!("shard {}: the connection broke before the snapshot's answer: {why}", shard.0))
+        };
+        if link.writer.send(frame::encode(Kind::Snapshot, &frame::Snapshot { id })).await.is_err() {
+            lock(&link.snapshots).remove(&id);
+            return Err(closed(&link));
+        }
+        tokio::select! {
+            // An answer that arrived just before the connection closed still counts.
+            biased;
+            outcome = receiver => outcome.map_err(|_| closed(&link)),
+            _ = link.connection.closed() => {
+                lock(&link.snapshots).remove(&id);
+                Err(closed(&link))
+            }
+            _ = tokio::time::sleep(SNAPSHOT_DEADLINE) => {
+                lock(&link.snapshots).remove(&id);
+                Err(Error::Failed(format!(
+                    "shard {}: no answer to the snapshot within {} s",
+                    shard.0,
+                    SNAPSHOT_DEADLINE.as_secs()
+                )))
+            }
+        }
+    }
+
     /// Streams `egress` from every shard, starting at each shard's position in `from` (0 for
     /// the oldest record still kept). Records of one shard come in order; after a broken
     /// connection the subscription resumes where it was.
@@ -373,41 +452,82 @@ async fn open_link(
             }
         }
     });
-    let pending: Pending = Arc::default();
-    let subscribers: Subscribers = Arc::default();
-    let (pending_reader, subscribers_reader) = (pending.clone(), subscribers.clone());
+    let waiters = Waiters {
+        pending: Pending::default(),
+        subscribers: Subscribers::default(),
+        snapshots: SnapshotWaiters::default(),
+    };
+    let reading = (waiters.clone(), connection.clone());
     let writer_closer = writer.clone();
     tokio::spawn(async move {
-        loop {
+        let (waiters, connection) = reading;
+        let bad = 'read: loop {
             loop {
                 match reader.next_frame() {
-                    Ok(Some((Kind::Reply, payload))) => {
-                        let Ok(reply) = frame::decode::<frame::Reply>(Kind::Reply, &payload) else { return };
-                        if let Some(waiter) = lock(&pending_reader).remove(&reply.id) {
-                            let _ = waiter.send(reply.outcome);
+                    Ok(Some((kind, payload))) => {
+                        if let Err(why) = waiters.deliver(kind, &payload).await {
+                            break 'read Some(why);
                         }
                     }
-                    Ok(Some((Kind::Egress, payload))) => {
-                        let Ok(record) = frame::decode::<frame::Egress>(Kind::Egress, &payload) else { return };
-                        let subscriber = lock(&subscribers_reader).get(&record.id).cloned();
-                        if let Some(subscriber) = subscriber {
-                            let _ = subscriber.send(record).await;
-                        }
-                    }
-                    Ok(Some(_)) | Err(_) => return,
                     Ok(None) => break,
+                    Err(error) => break 'read Some(error.to_string()),
                 }
             }
             match receive.read_chunk(64 * 1024, true).await {
                 Ok(Some(chunk)) => reader.extend(&chunk.bytes),
-                _ => break,
+                _ => break None,
             }
+        };
+        // A frame this side cannot read ends the connection, so that no waiter waits for an
+        // answer that will not come.
+        if let Some(why) = bad {
+            connection.close(crate::server::CLOSE_PROTOCOL.into(), format!("bad frame: {why}").as_bytes());
         }
         // The connection is gone: waiters see their senders dropped and retry elsewhere.
-        lock(&pending_reader).clear();
-        lock(&subscribers_reader).clear();
+        lock(&waiters.pending).clear();
+        lock(&waiters.subscribers).clear();
+        lock(&waiters.snapshots).clear();
         drop(writer_closer);
     });
-    let link = Link { writer, pending, subscribers, id_next: AtomicU64::new(0), connection };
+    let Waiters { pending, subscribers, snapshots } = waiters;
+    let link = Link { writer, pending, subscribers, snapshots, id_next: AtomicU64::new(0), connection };
     Ok((Arc::new(link), welcome))
+}
+
+/// Who waits for the frames a connection's reader task receives.
+#[derive(Clone)]
+struct Waiters {
+    pending: Pending,
+    subscribers: Subscribers,
+    snapshots: SnapshotWaiters,
+}
+
+impl Waiters {
+    /// Hands a frame from the server to whoever waits for it; a frame that does not decode,
+    /// or that a server does not send, is an error.
+    async fn deliver(&self, kind: Kind, payload: &rkyv::util::AlignedVec) -> Result<(), String> {
+        match kind {
+            Kind::Reply => {
+                let reply = frame::decode::<frame::Reply>(kind, payload).map_err(|error| error.to_string())?;
+                if let Some(waiter) = lock(&self.pending).remove(&reply.id) {
+                    let _ = waiter.send(reply.outcome);
+                }
+            }
+            Kind::Egress => {
+                let record = frame::decode::<frame::Egress>(kind, payload).map_err(|error| error.to_string())?;
+                let subscriber = lock(&self.subscribers).get(&record.id).cloned();
+                if let Some(subscriber) = subscriber {
+                    let _ = subscriber.send(record).await;
+                }
+            }
+            Kind::Snapshotted => {
+                let answer = frame::decode::<frame::Snapshotted>(kind, payload).map_err(|error| error.to_string())?;
+                if let Some(waiter) = lock(&self.snapshots).remove(&answer.id) {
+                    let _ = waiter.send(answer.outcome);
+                }
+            }
+            other => return Err(format!("a server does not send {other:?} frames")),
+        }
+        Ok(())
+    }
 }

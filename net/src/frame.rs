@@ -28,6 +28,8 @@ pub enum Kind {
     Subscribe = 5,
     Egress = 6,
     Refused = 7,
+    Snapshot = 8,
+    Snapshotted = 9,
 }
 
 impl Kind {
@@ -40,6 +42,8 @@ impl Kind {
             5 => Kind::Subscribe,
             6 => Kind::Egress,
             7 => Kind::Refused,
+            8 => Kind::Snapshot,
+            9 => Kind::Snapshotted,
             _ => return None,
         })
     }
@@ -137,6 +141,43 @@ pub struct Egress {
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Refused {
     pub reason: String,
+}
+
+/// Asks the shard the connection reached for a checkpoint now; `Snapshotted` answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Snapshot {
+    /// Numbers the snapshot request on its connection (from the same counter as requests);
+    /// the answer carries it back.
+    pub id: u64,
+}
+
+/// How a shard's checkpoint ended.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum SnapshotOutcome {
+    /// The checkpoint's manifest is durable in the blob store.
+    Done {
+        generation: u64,
+        /// The LSN of the last log record the checkpoint holds.
+        lsn: u64,
+        /// Chunks this checkpoint wrote (chunks already stored are not written again).
+        chunks: u32,
+        /// Bytes this checkpoint wrote: its new chunks and its manifest.
+        bytes: u64,
+        /// Addresses captured: all of them for a base, the changed ones for a delta.
+        states: u64,
+        /// A base (every address) rather than a delta.
+        base: bool,
+    },
+    /// No checkpoint was taken, and why.
+    Failed(String),
+}
+
+/// A shard's answer to `Snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Snapshotted {
+    /// The `Snapshot` it answers.
+    pub id: u64,
+    pub outcome: SnapshotOutcome,
 }
 
 /// A checked header: the frame's kind and the length of its payload.
@@ -279,6 +320,60 @@ mod tests {
         assert_eq!(reader.buffered(), 0);
     }
 
+    fn done(generation: u64) -> SnapshotOutcome {
+        SnapshotOutcome::Done { generation, lsn: 123_456, chunks: 3, bytes: 1_258_291, states: 1_200, base: false }
+    }
+
+    fn snapshot_outcome() -> impl Strategy<Value = SnapshotOutcome> {
+        prop_oneof![
+            (any::<u64>(), any::<u64>(), any::<u32>(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+                |(generation, lsn, chunks, bytes, states, base)| SnapshotOutcome::Done {
+                    generation,
+                    lsn,
+                    chunks,
+                    bytes,
+                    states,
+                    base
+                }
+            ),
+            any::<String>().prop_map(SnapshotOutcome::Failed),
+        ]
+    }
+
+    #[test]
+    fn snapshot_frames_round_trip_with_their_kind_bytes() {
+        let ask = encode(Kind::Snapshot, &Snapshot { id: 3 });
+        let answers = [
+            encode(Kind::Snapshotted, &Snapshotted { id: 3, outcome: done(4) }),
+            encode(
+                Kind::Snapshotted,
+                &Snapshotted { id: 4, outcome: SnapshotOutcome::Failed("shard 1: snapshots are not enabled".into()) },
+            ),
+        ];
+        // The kind bytes are the wire format: FRAMES.md gives them.
+        assert_eq!(ask[5], 8);
+        assert!(answers.iter().all(|answer| answer[5] == 9));
+        let mut reader = Reader::default();
+        reader.extend(&ask);
+        answers.iter().for_each(|answer| reader.extend(answer));
+        let (kind, payload) = reader.next_frame().unwrap().unwrap();
+        assert_eq!(kind, Kind::Snapshot);
+        assert_eq!(decode::<Snapshot>(kind, &payload).unwrap(), Snapshot { id: 3 });
+        // An archive too small for the kind it claims is refused, not read.
+        assert!(matches!(decode::<Snapshotted>(Kind::Snapshotted, &payload), Err(Error::Payload { .. })));
+        let (kind, payload) = reader.next_frame().unwrap().unwrap();
+        assert_eq!(kind, Kind::Snapshotted);
+        assert_eq!(decode::<Snapshotted>(kind, &payload).unwrap(), Snapshotted { id: 3, outcome: done(4) });
+        let (kind, payload) = reader.next_frame().unwrap().unwrap();
+        let failed: Snapshotted = decode(kind, &payload).unwrap();
+        assert_eq!(failed.outcome, SnapshotOutcome::Failed("shard 1: snapshots are not enabled".into()));
+        assert_eq!(reader.buffered(), 0);
+        // The kind after the last one is still unknown: a newer peer's frame is refused whole.
+        let mut unknown = ask.clone();
+        unknown[5] = 10;
+        assert!(matches!(header(&unknown), Err(Error::Kind(10))));
+    }
+
     #[test]
     fn bad_headers_are_errors() {
         let good = encode(Kind::Request, &request(vec![1; 10]));
@@ -307,7 +402,49 @@ mod tests {
                 let _ = decode::<Request>(kind, &payload);
                 let _ = decode::<Reply>(kind, &payload);
                 let _ = decode::<Hello>(kind, &payload);
+                let _ = decode::<Snapshot>(kind, &payload);
+                let _ = decode::<Snapshotted>(kind, &payload);
             }
+        }
+
+        /// Any snapshot answer survives encoding and any split of its bytes.
+        #[test]
+        fn snapshot_answers_round_trip(id in any::<u64>(), outcome in snapshot_outcome(), cut in any::<usize>()) {
+            let answer = Snapshotted { id, outcome };
+            let mut stream = encode(Kind::Snapshot, &Snapshot { id });
+            stream.extend_from_slice(&encode(Kind::Snapshotted, &answer));
+            let cut = cut % stream.len();
+            let mut reader = Reader::default();
+            reader.extend(&stream[..cut]);
+            let mut frames = Vec::new();
+            while let Some(frame) = reader.next_frame().unwrap() {
+                frames.push(frame);
+            }
+            reader.extend(&stream[cut..]);
+            while let Some(frame) = reader.next_frame().unwrap() {
+                frames.push(frame);
+            }
+            prop_assert_eq!(frames.len(), 2);
+            prop_assert_eq!(decode::<Snapshot>(frames[0].0, &frames[0].1).unwrap(), Snapshot { id });
+            prop_assert_eq!(frames[1].0, Kind::Snapshotted);
+            prop_assert_eq!(decode::<Snapshotted>(frames[1].0, &frames[1].1).unwrap(), answer);
+        }
+
+        #[test]
+        fn damaged_snapshot_answers_are_errors_or_valid(
+            outcome in snapshot_outcome(),
+            flip in any::<usize>(),
+            bit in 0u8..8,
+        ) {
+            let frame = encode(Kind::Snapshotted, &Snapshotted { id: 1, outcome });
+            let mut damaged = frame.clone();
+            let at = HEADER_BYTES + flip % (frame.len() - HEADER_BYTES);
+            damaged[at] ^= 1 << bit;
+            let mut reader = Reader::default();
+            reader.extend(&damaged);
+            let (kind, payload) = reader.next_frame().unwrap().unwrap();
+            // Either the archive is rejected (a bad tag, a bad string), or it decodes: never a panic.
+            let _ = decode::<Snapshotted>(kind, &payload);
         }
 
         #[test]

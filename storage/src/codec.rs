@@ -59,14 +59,14 @@ enum EntryV2 {
 }
 
 #[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-struct ValueSpecV2 {
-    name: String,
-    typename: String,
-    expiration: ExpirationV2,
+pub(crate) struct ValueSpecV2 {
+    pub(crate) name: String,
+    pub(crate) typename: String,
+    pub(crate) expiration: ExpirationV2,
 }
 
 #[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-enum ExpirationV2 {
+pub(crate) enum ExpirationV2 {
     Never,
     AfterWriteMs(u64),
     AfterCallMs(u64),
@@ -88,22 +88,22 @@ enum EntryV1 {
 }
 
 #[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-struct AddressV1 {
-    function: String,
-    id: String,
+pub(crate) struct AddressV1 {
+    pub(crate) function: String,
+    pub(crate) id: String,
 }
 
 #[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-struct TypedValueV1 {
-    typename: String,
-    value: Vec<u8>,
+pub(crate) struct TypedValueV1 {
+    pub(crate) typename: String,
+    pub(crate) value: Vec<u8>,
 }
 
 #[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-struct EnvelopeV1 {
-    target: AddressV1,
-    caller: Option<AddressV1>,
-    value: TypedValueV1,
+pub(crate) struct EnvelopeV1 {
+    pub(crate) target: AddressV1,
+    pub(crate) caller: Option<AddressV1>,
+    pub(crate) value: TypedValueV1,
 }
 
 #[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -155,6 +155,27 @@ struct InvocationV1 {
     failure: Option<String>,
 }
 
+pub(crate) fn spec_v2(spec: &ValueSpecDescriptor) -> ValueSpecV2 {
+    ValueSpecV2 {
+        name: spec.name.to_string(),
+        typename: spec.typename.to_string(),
+        expiration: match spec.expiration {
+            Expiration::Never => ExpirationV2::Never,
+            Expiration::AfterWrite(ttl) => ExpirationV2::AfterWriteMs(millis(ttl)),
+            Expiration::AfterCall(ttl) => ExpirationV2::AfterCallMs(millis(ttl)),
+        },
+    }
+}
+
+pub(crate) fn spec(mirror: ValueSpecV2) -> Result<ValueSpecDescriptor, String> {
+    let expiration = match mirror.expiration {
+        ExpirationV2::Never => Expiration::Never,
+        ExpirationV2::AfterWriteMs(ms) => Expiration::AfterWrite(std::time::Duration::from_millis(ms)),
+        ExpirationV2::AfterCallMs(ms) => Expiration::AfterCall(std::time::Duration::from_millis(ms)),
+    };
+    Ok(ValueSpecDescriptor { name: mirror.name.into(), typename: typename(&mirror.typename)?, expiration })
+}
+
 /// Encodes a record as an rkyv archive of the current format version.
 pub fn encode(record: &Record) -> Result<AlignedVec, crate::Error> {
     let mirror = RecordV2 { at: record.at.0, entry: entry_v2(&record.entry) };
@@ -190,15 +211,15 @@ fn lift(entry: EntryV1) -> EntryV2 {
     }
 }
 
-fn address_v1(address: &Address) -> AddressV1 {
+pub(crate) fn address_v1(address: &Address) -> AddressV1 {
     AddressV1 { function: address.function.to_string(), id: address.id.to_string() }
 }
 
-fn value_v1(value: &TypedValue) -> TypedValueV1 {
+pub(crate) fn value_v1(value: &TypedValue) -> TypedValueV1 {
     TypedValueV1 { typename: value.typename.to_string(), value: value.value.to_vec() }
 }
 
-fn envelope_v1(envelope: &Envelope) -> EnvelopeV1 {
+pub(crate) fn envelope_v1(envelope: &Envelope) -> EnvelopeV1 {
     EnvelopeV1 {
         target: address_v1(&envelope.target),
         caller: envelope.caller.as_ref().map(address_v1),
@@ -236,23 +257,12 @@ fn entry_v2(entry: &Entry) -> EntryV2 {
         Entry::Acked { peer, seq } => EntryV2::Acked { peer: peer.0, seq: *seq },
         Entry::Registered { function, values } => EntryV2::Registered {
             function: function.to_string(),
-            values: values
-                .iter()
-                .map(|spec| ValueSpecV2 {
-                    name: spec.name.to_string(),
-                    typename: spec.typename.to_string(),
-                    expiration: match spec.expiration {
-                        Expiration::Never => ExpirationV2::Never,
-                        Expiration::AfterWrite(ttl) => ExpirationV2::AfterWriteMs(millis(ttl)),
-                        Expiration::AfterCall(ttl) => ExpirationV2::AfterCallMs(millis(ttl)),
-                    },
-                })
-                .collect(),
+            values: values.iter().map(spec_v2).collect(),
         },
     }
 }
 
-fn millis(duration: std::time::Duration) -> u64 {
+pub(crate) fn millis(duration: std::time::Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -292,19 +302,19 @@ fn invocation_v1(invocation: &Invocation) -> InvocationV1 {
     }
 }
 
-fn typename(text: &str) -> Result<TypeName, String> {
+pub(crate) fn typename(text: &str) -> Result<TypeName, String> {
     TypeName::parse(text).map_err(|error| error.to_string())
 }
 
-fn address(mirror: AddressV1) -> Result<Address, String> {
+pub(crate) fn address(mirror: AddressV1) -> Result<Address, String> {
     Address::new(typename(&mirror.function)?, &mirror.id).map_err(|error| error.to_string())
 }
 
-fn value(mirror: TypedValueV1) -> Result<TypedValue, String> {
+pub(crate) fn value(mirror: TypedValueV1) -> Result<TypedValue, String> {
     Ok(TypedValue::new(typename(&mirror.typename)?, mirror.value))
 }
 
-fn envelope(mirror: EnvelopeV1) -> Result<Envelope, String> {
+pub(crate) fn envelope(mirror: EnvelopeV1) -> Result<Envelope, String> {
     Ok(Envelope {
         target: address(mirror.target)?,
         caller: mirror.caller.map(address).transpose()?,
@@ -375,17 +385,7 @@ fn entry(mirror: EntryV2) -> Result<Entry, String> {
         EntryV2::Acked { peer, seq } => Entry::Acked { peer: ShardId(peer), seq },
         EntryV2::Registered { function, values } => Entry::Registered {
             function: typename(&function)?,
-            values: values
-                .into_iter()
-                .map(|spec| {
-                    let expiration = match spec.expiration {
-                        ExpirationV2::Never => Expiration::Never,
-                        ExpirationV2::AfterWriteMs(ms) => Expiration::AfterWrite(std::time::Duration::from_millis(ms)),
-                        ExpirationV2::AfterCallMs(ms) => Expiration::AfterCall(std::time::Duration::from_millis(ms)),
-                    };
-                    Ok(ValueSpecDescriptor { name: spec.name.into(), typename: typename(&spec.typename)?, expiration })
-                })
-                .collect::<Result<_, String>>()?,
+            values: values.into_iter().map(spec).collect::<Result<_, String>>()?,
         },
     })
 }

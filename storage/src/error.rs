@@ -1,4 +1,4 @@
-//! The errors of the log.
+//! The errors of the log and the blob store.
 
 use std::path::PathBuf;
 
@@ -20,6 +20,13 @@ pub enum Error {
     RecordTooLarge { bytes: usize, max: usize },
     #[error("cannot encode a record: {0}")]
     Encode(String),
+    /// A checkpoint chunk or manifest that cannot be used, named as it is stored.
+    #[error("the checkpoint file {name} cannot be used: {why}")]
+    Snapshot { name: String, why: String },
+    #[error("blob store: {op} {path} failed: {why}")]
+    Blob { op: &'static str, path: String, why: String },
+    #[error("cannot open the blob store {url}: {why}")]
+    BlobUrl { url: String, why: String },
 }
 
 impl Error {

@@ -65,6 +65,11 @@ impl BatchBuilder {
         BatchBuilder { bytes: vec![0; BATCH_HEADER_BYTES], records: 0, first_lsn: next_lsn, next_lsn }
     }
 
+    /// The LSN the next record will get.
+    pub fn next_lsn(&self) -> Lsn {
+        self.next_lsn
+    }
+
     pub fn is_empty(&self) -> bool {
         self.records == 0
     }
@@ -239,9 +244,10 @@ pub fn scan_segment(segment: &[u8], mut next_lsn: Lsn) -> Result<Scan, Damage> {
     Ok(Scan { records, end: at as u64, torn: problem.map(|why| (at as u64, why)) })
 }
 
-/// Whether a segment starts with a valid batch: does the log go on into it?
-pub fn starts_with_batch(segment: &[u8]) -> bool {
-    matches!(batch_at(segment, 0), Ok(Some(_)))
+/// The LSN of the first record of a segment, if it starts with a valid batch: does the log
+/// go on into it?
+pub fn first_lsn(segment: &[u8]) -> Option<Lsn> {
+    batch_at(segment, 0).ok().flatten().map(|header| header.first_lsn)
 }
 
 #[cfg(test)]

@@ -12,17 +12,23 @@
 //! retried, because after a failed `fdatasync` the kernel may have dropped the dirty pages
 //! it could not write (the "fsyncgate" lesson).
 
-#![forbid(unsafe_code)]
+// The one exception, `mmap`, maps immutable checkpoint files (memmap2's `Mmap::map` is unsafe).
+#![deny(unsafe_code)]
 
+pub mod blob;
 pub mod codec;
 mod error;
 mod file;
 pub mod format;
 pub mod limits;
 mod log;
+mod mmap;
+pub mod snapshot;
 
 pub use error::Error;
-pub use log::{open, segment_path, truncate, Batcher, LogConfig, Plan, Recovered, Recovery, Segments};
+pub use log::{
+    open, segment_path, truncate, Batcher, LogConfig, Plan, Recovered, Recovery, SealedSegment, Segments,
+};
 
 /// A log sequence number: the place of a record in its shard's log, from 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

@@ -27,6 +27,16 @@ pub const read_chunk_bytes: u64 = 1024 * 1024;
 /// Zeroes written per I/O when a segment is prepared.
 pub const zero_chunk_bytes: u64 = 1024 * 1024;
 
+/// Address states in one checkpoint chunk. A base of a large shard is split into chunks so
+/// that each is read, checked and converted on its own, and an unchanged one can be shared by
+/// content name; 64 Ki states of a few hundred bytes make chunks of a few tens of MiB.
+pub const chunk_states_max: usize = 64 * 1024;
+
+/// The estimated size at which a chunk closes before `chunk_states_max` states: large values
+/// would otherwise make chunks of gigabytes. 16 MiB uploads in a few parts and reads in well
+/// under a second. One state always fits, however large.
+pub const chunk_bytes_target: usize = 16 * 1024 * 1024;
+
 const _: () = assert!(record_bytes_max as u64 + 64 <= batch_bytes_max);
 const _: () = assert!(segment_bytes_default >= 2 * batch_bytes_max);
 const _: () = assert!(batch_bytes_max % block_bytes == 0 && segment_bytes_default % block_bytes == 0);

@@ -24,6 +24,18 @@ use crate::{codec, Error, Lsn};
 pub struct LogConfig {
     pub dir: PathBuf,
     pub segment_bytes: u64,
+    /// The records up to this LSN are in a checkpoint: recovery skips them, and the log may
+    /// start after them (segments below a checkpoint are removed). `Lsn(0)` without one.
+    pub after: Lsn,
+}
+
+/// A segment the log has moved past: complete, never written again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSegment {
+    pub index: u32,
+    pub path: PathBuf,
+    pub first_lsn: Lsn,
+    pub last_lsn: Lsn,
 }
 
 /// What recovery found.
@@ -79,7 +91,7 @@ pub async fn open(config: &LogConfig) -> Result<(Recovered, Batcher, Segments), 
     indexes.sort_unstable();
     file::probe_device(&config.dir).await?;
 
-    let mut recovery = Recovery::new(&config.dir);
+    let mut recovery = Recovery::new(&config.dir, config.after);
     let mut files = Vec::new();
     for index in indexes.iter().copied() {
         let file = File::open(&segment_path(&config.dir, index)).await?;
@@ -122,6 +134,11 @@ pub async fn open(config: &LogConfig) -> Result<(Recovered, Batcher, Segments), 
             (Current { index, file, offset: 0, size }, None)
         }
     };
+    let mut firsts = plan.firsts;
+    if firsts.last().is_none_or(|(index, _)| *index != current.index) {
+        // The log goes on in a segment without batches yet: its first record is the next.
+        firsts.push((current.index, plan.next_lsn));
+    }
     let (records, next_lsn) = (plan.records, plan.next_lsn);
     let recovered = Recovered { records, next_lsn, segments: indexes.len(), cut };
     let batch_bytes_limit = batch_bytes_max.min(config.segment_bytes / 2);
@@ -130,6 +147,7 @@ pub async fn open(config: &LogConfig) -> Result<(Recovered, Batcher, Segments), 
     let segments = Segments {
         dir: config.dir.clone(),
         segment_bytes: config.segment_bytes,
+        firsts: firsts.into(),
         current,
         spare,
         preparing: None,
@@ -150,6 +168,8 @@ pub struct Plan {
     pub spare: Option<u32>,
     /// A torn final batch to cut: its segment, offset, and what was wrong with it.
     pub torn: Option<(u32, u64, String)>,
+    /// Each segment with batches, and the LSN of its first record.
+    pub firsts: Vec<(u32, Lsn)>,
 }
 
 /// Recovery without I/O: segments go in one at a time, in order, and a [`Plan`] comes out.
@@ -160,18 +180,37 @@ pub struct Recovery {
     dir: PathBuf,
     plan: Plan,
     ended: bool,
+    /// Records up to this LSN are in a checkpoint: skipped.
+    after: Lsn,
 }
 
 impl Recovery {
-    pub fn new(dir: &Path) -> Recovery {
-        let plan = Plan { records: Vec::new(), next_lsn: Lsn(1), tail: None, spare: None, torn: None };
-        Recovery { dir: dir.to_owned(), plan, ended: false }
+    /// Recovery of the log in `dir`, whose records up to `after` are in a checkpoint.
+    pub fn new(dir: &Path, after: Lsn) -> Recovery {
+        let plan =
+            Plan { records: Vec::new(), next_lsn: Lsn(after.0 + 1), tail: None, spare: None, torn: None, firsts: Vec::new() };
+        Recovery { dir: dir.to_owned(), plan, ended: false, after }
     }
 
     /// Takes the next segment, by ascending index.
     pub fn segment(&mut self, index: u32, bytes: &[u8]) -> Result<(), Error> {
         let path = segment_path(&self.dir, index);
-        let continues = format::starts_with_batch(bytes);
+        let first = format::first_lsn(bytes);
+        let continues = first.is_some();
+        if let (None, Some(first)) = (self.plan.tail, first) {
+            // The log's first segment: it may begin anywhere up to just after the checkpoint.
+            if first.0 > self.after.0 + 1 {
+                let why = format!(
+                    "the log starts at LSN {} but the checkpoint covers only up to LSN {}: records {} to {} are missing",
+                    first.0,
+                    self.after.0,
+                    self.after.0 + 1,
+                    first.0 - 1
+                );
+                return Err(corrupt(&path, 0, why));
+            }
+            self.plan.next_lsn = first;
+        }
         if self.ended || (self.plan.tail.is_some() && !continues) {
             if continues {
                 let why = "the log ended in an earlier segment, yet this one holds batches".to_string();
@@ -188,14 +227,20 @@ impl Recovery {
         }
         let scan = format::scan_segment(bytes, self.plan.next_lsn)
             .map_err(|damage| corrupt(&path, damage.offset, damage.why))?;
+        if let Some(first) = first {
+            self.plan.firsts.push((index, first));
+        }
         for (lsn, range, version) in &scan.records {
+            self.plan.next_lsn = Lsn(lsn.0 + 1);
+            if *lsn <= self.after {
+                continue;
+            }
             let mut payload = AlignedVec::<16>::with_capacity(range.len());
             payload.extend_from_slice(&bytes[range.clone()]);
             let record = codec::decode(*version, &payload).map_err(|why| {
                 corrupt(&path, range.start as u64, format!("record {} does not decode: {why}", lsn.0))
             })?;
             self.plan.records.push(record);
-            self.plan.next_lsn = Lsn(lsn.0 + 1);
         }
         if let Some((offset, why)) = scan.torn {
             self.plan.torn = Some((index, offset, why));
@@ -278,6 +323,11 @@ impl Batcher {
         Ok(lsn)
     }
 
+    /// The LSN of the last record appended (`Lsn(0)` before the first).
+    pub fn last_lsn(&self) -> Lsn {
+        Lsn(self.builder.next_lsn().0 - 1)
+    }
+
     /// Whether any record waits to be written.
     pub fn has_records(&self) -> bool {
         !self.sealed.is_empty() || !self.builder.is_empty()
@@ -308,6 +358,9 @@ impl Batcher {
 pub struct Segments {
     dir: PathBuf,
     segment_bytes: u64,
+    /// Every segment of the log, oldest first, with the LSN of its first record; the last
+    /// is the current one.
+    firsts: VecDeque<(u32, Lsn)>,
     current: Current,
     /// The next segment, zero-filled ahead of need.
     spare: Option<(u32, File)>,
@@ -339,6 +392,7 @@ impl Segments {
             let (index, file) = self.spare.take().unwrap_or_else(|| unreachable!("prepared above"));
             let size = file.size()?;
             self.current = Current { index, file, offset: 0, size };
+            self.firsts.push_back((index, batch.first_lsn));
         }
         self.current.file.write(self.current.offset, &batch.bytes).await?;
         self.current.file.sync().await?;
@@ -387,6 +441,48 @@ impl Segments {
     /// Why the log refuses work, if it does.
     pub fn poisoned(&self) -> Option<&str> {
         self.poisoned.as_deref()
+    }
+
+    /// Segments in the log, the current one included.
+    pub fn count(&self) -> usize {
+        self.firsts.len()
+    }
+
+    /// The segments the log has moved past, oldest first.
+    pub fn sealed(&self) -> Vec<SealedSegment> {
+        self.firsts
+            .iter()
+            .zip(self.firsts.iter().skip(1))
+            .map(|((index, first_lsn), (_, next))| SealedSegment {
+                index: *index,
+                path: segment_path(&self.dir, *index),
+                first_lsn: *first_lsn,
+                last_lsn: Lsn(next.0 - 1),
+            })
+            .filter(|segment| segment.last_lsn >= segment.first_lsn)
+            .collect()
+    }
+
+    /// Removes the sealed segments whose records are all at or below `lsn` (a stored
+    /// checkpoint holds them); returns their paths.
+    pub fn remove_below(&mut self, lsn: Lsn) -> Result<Vec<PathBuf>, Error> {
+        let mut removed = Vec::new();
+        while self.firsts.len() > 1 {
+            let next_first = self.firsts[1].1;
+            if next_first.0 > lsn.0 + 1 {
+                break;
+            }
+            let Some((index, _)) = self.firsts.pop_front() else { break };
+            let path = segment_path(&self.dir, index);
+            std::fs::remove_file(&path).map_err(|error| Error::io("removing", &path, error))?;
+            removed.push(path);
+        }
+        if !removed.is_empty() {
+            std::fs::File::open(&self.dir)
+                .and_then(|dir| dir.sync_all())
+                .map_err(|error| Error::io("syncing", &self.dir, error))?;
+        }
+        Ok(removed)
     }
 }
 
@@ -478,7 +574,7 @@ mod tests {
     }
 
     fn config(dir: &Path) -> LogConfig {
-        LogConfig { dir: dir.to_owned(), segment_bytes: segment_bytes_min }
+        LogConfig { dir: dir.to_owned(), segment_bytes: segment_bytes_min, after: Lsn(0) }
     }
 
     #[test]
@@ -498,6 +594,41 @@ mod tests {
         assert_eq!(recovered.next_lsn, Lsn(541));
         assert!(recovered.cut.is_none());
         assert!(recovered.segments >= 3, "rolled over into {} segments", recovered.segments);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn segments_below_a_checkpoint_go_and_the_log_starts_after_it() {
+        let dir = directory("checkpoint");
+        let config = config(&dir);
+        let (sealed, removed, recovered, written) = run({
+            let config = config.clone();
+            move || {
+                Box::new(async move {
+                    let written = write(&config, 0, 400, 3, 60_000).await;
+                    let (_, _, mut segments) = open(&config).await.unwrap();
+                    let sealed = segments.sealed();
+                    // A checkpoint at the last record of the second segment.
+                    let checkpoint = sealed[1].last_lsn;
+                    let removed = segments.remove_below(checkpoint).unwrap();
+                    let config = LogConfig { after: checkpoint, ..config };
+                    let (recovered, _, _) = open(&config).await.unwrap();
+                    (sealed, removed, recovered, written)
+                })
+            }
+        });
+        assert!(sealed.len() >= 3, "{sealed:?}");
+        assert_eq!(sealed[0].first_lsn, Lsn(1));
+        assert_eq!(sealed[1].first_lsn.0, sealed[0].last_lsn.0 + 1, "segments are consecutive");
+        assert_eq!(removed, [sealed[0].path.clone(), sealed[1].path.clone()]);
+        let checkpoint = sealed[1].last_lsn.0 as usize;
+        assert_eq!(recovered.records, written[checkpoint..], "only the records after the checkpoint");
+        assert_eq!(recovered.next_lsn, Lsn(401));
+
+        // A checkpoint older than the log's first remaining record leaves a gap: an error.
+        let config = LogConfig { after: Lsn(sealed[0].last_lsn.0 - 1), ..config };
+        let error = run(move || Box::new(async move { open(&config).await.map(|_| ()).unwrap_err() }));
+        assert!(error.to_string().contains("are missing"), "{error}");
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -617,7 +748,7 @@ mod fixtures {
     }
 
     fn recover(bytes: &[u8]) -> Result<Plan, Error> {
-        let mut recovery = Recovery::new(Path::new("fixture"));
+        let mut recovery = Recovery::new(Path::new("fixture"), Lsn(0));
         recovery.segment(0, bytes)?;
         Ok(recovery.finish())
     }

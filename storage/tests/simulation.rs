@@ -20,7 +20,7 @@ use statefun_core::{
 };
 use statefun_storage::format::{BatchBuilder, SealedBatch};
 use statefun_storage::limits::{batch_bytes_max, segment_bytes_min};
-use statefun_storage::{codec, Recovery};
+use statefun_storage::{codec, Lsn, Recovery};
 
 const SHARDS: u16 = 2;
 const COUNTERS: u64 = 6;
@@ -137,7 +137,7 @@ struct Node {
 impl Node {
     /// Recovers a shard from its disk, as `storage::open` does.
     fn recover(id: ShardId, disk: &mut Disk, registry: &Arc<Registry>) -> Node {
-        let mut recovery = Recovery::new(Path::new("sim"));
+        let mut recovery = Recovery::new(Path::new("sim"), Lsn(0));
         for (index, bytes) in &disk.segments {
             recovery.segment(*index, bytes).unwrap_or_else(|error| panic!("{id}: {error}"));
         }
