@@ -28,6 +28,9 @@ enum Command {
     Tail(TailArgs),
     /// Checkpoints every shard now, and prints what each checkpoint wrote.
     Snapshot(ConnectArgs),
+    /// Works on the checkpoints in the blob store.
+    #[command(subcommand)]
+    Snapshots(SnapshotsCommand),
     /// Lists the remote addresses parked after their call budget ran out, with their errors.
     Parked(AdminArgs),
     /// Makes every parked remote address try again now.
@@ -35,6 +38,23 @@ enum Command {
     /// Works on a stopped node's log.
     #[command(subcommand)]
     Log(LogCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotsCommand {
+    /// Lists every shard's checkpoints in the blob store, oldest first (the node need not run).
+    List(BlobArgs),
+}
+
+/// Where the checkpoints are.
+#[derive(Debug, clap::Args)]
+struct BlobArgs {
+    /// The node's data directory: its blob store is `{data-dir}/blobs` unless --blob-url says.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// The blob store the node was started with (`statefun serve --blob-url`).
+    #[arg(long)]
+    blob_url: Option<String>,
 }
 
 /// How an operator's command reaches the node: its HTTP ingress.
@@ -370,6 +390,7 @@ fn main() -> std::process::ExitCode {
         Command::Send(args) => client::call(args, false),
         Command::Tail(args) => client::tail(args),
         Command::Snapshot(args) => client::snapshot(args),
+        Command::Snapshots(SnapshotsCommand::List(args)) => list_snapshots(args),
         Command::Parked(args) => admin(&args, "GET", "/v1/parked"),
         Command::Retry(args) => admin(&args, "POST", "/v1/parked/retry"),
         Command::Log(LogCommand::Truncate { segment, offset }) => truncate(&segment, offset),
@@ -384,6 +405,38 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Prints every manifest in the blob store, shard by shard, oldest first.
+#[allow(clippy::print_stdout)] // The list is the command's output.
+fn list_snapshots(args: BlobArgs) -> anyhow::Result<()> {
+    use statefun_storage::snapshot::{parse_manifest_generation, Manifest};
+    let config = Config { data_dir: args.data_dir, blob_url: args.blob_url, ..Config::embedded_default() };
+    let url = config.blob_url()?;
+    let store = statefun_storage::blob::BlobStore::open(&url)?;
+    futures_lite::future::block_on(async {
+        let mut manifests: Vec<(String, u64, String)> = store
+            .list("")
+            .await?
+            .into_iter()
+            .filter_map(|(path, _)| {
+                let generation = parse_manifest_generation(&path)?;
+                Some((path.split('/').next().unwrap_or_default().to_string(), generation, path))
+            })
+            .collect();
+        manifests.sort();
+        if manifests.is_empty() {
+            println!("no checkpoints in {url}");
+        }
+        for (_, _, path) in manifests {
+            let Some(bytes) = store.get(&path).await? else { continue };
+            match Manifest::decode(&path, &bytes) {
+                Ok(manifest) => println!("{}", statefun::snapshots::describe(&manifest)),
+                Err(error) => println!("{path}: cannot be read: {error}"),
+            }
+        }
+        Ok(())
+    })
 }
 
 /// One plain HTTP/1.1 exchange with the node's ingress; prints the body of a 2xx answer.

@@ -84,11 +84,7 @@ impl Config {
             retention: Retention::default(),
             module: None,
             blob_url: None,
-            snapshots: SnapshotConfig {
-                interval: Duration::from_secs(60),
-                log_bytes: 256 * 1024 * 1024,
-                retained: 3,
-            },
+            snapshots: SnapshotConfig { interval: Duration::from_secs(60), log_bytes: 256 * 1024 * 1024, retained: 3 },
         }
     }
 }
@@ -222,8 +218,11 @@ impl Node {
             let metrics = metrics.clone();
             let (module, parked, playground) = (module.clone(), parked.clone(), playground.clone());
             let (store, snapshot_config) = (store.clone(), config.snapshots.clone());
-            let log = (config.durability != Durability::Memory)
-                .then(|| LogConfig { dir: config.log_dir(id), segment_bytes: config.segment_bytes, after: Lsn(0) });
+            let log = (config.durability != Durability::Memory).then(|| LogConfig {
+                dir: config.log_dir(id),
+                segment_bytes: config.segment_bytes,
+                after: Lsn(0),
+            });
             let interval = (config.durability == Durability::Interval).then_some(config.fsync_interval);
             let executor =
                 rt::start_pinned(&format!("shard-{index}"), index, config.spin_before_park, move || async move {

@@ -223,9 +223,9 @@ impl ShardNode {
 
     /// Log bytes written since the last checkpoint.
     pub(crate) fn log_bytes_since_checkpoint(&self) -> u64 {
-        self.journal.as_ref().map_or(0, |journal| {
-            journal.written_bytes.get().saturating_sub(journal.written_bytes_at_checkpoint.get())
-        })
+        self.journal
+            .as_ref()
+            .map_or(0, |journal| journal.written_bytes.get().saturating_sub(journal.written_bytes_at_checkpoint.get()))
     }
 
     /// The segments the log has moved past.
@@ -409,7 +409,12 @@ impl ShardNode {
                 journal.checkpointed.set(Lsn(0));
                 match segments.remove_below(checkpointed) {
                     Ok(removed) if !removed.is_empty() => {
-                        tracing::info!("{}: removed {} log segments below checkpoint LSN {}", self.id, removed.len(), checkpointed.0);
+                        tracing::info!(
+                            "{}: removed {} log segments below checkpoint LSN {}",
+                            self.id,
+                            removed.len(),
+                            checkpointed.0
+                        );
                         *journal.sealed.borrow_mut() = segments.sealed();
                     }
                     Ok(_) => {}

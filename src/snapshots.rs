@@ -39,7 +39,7 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 use statefun_core::{AddressState, ShardId, ShardMeta};
 use statefun_storage::blob::BlobStore;
-use statefun_storage::snapshot::{self as files, Chunk, ChunkKind, EncodedChunk, Manifest, SegmentRef};
+use statefun_storage::snapshot::{self as files, Chunk, ChunkKind, EncodedChunk, Manifest};
 use statefun_storage::{Lsn, SealedSegment};
 
 use crate::limits;
@@ -205,7 +205,10 @@ impl ShardNode {
         let full = {
             let latest = snapshots.latest.borrow();
             latest.manifest.is_none()
-                || latest.manifest.as_ref().is_some_and(|manifest| manifest.deltas.len() >= limits::checkpoint_deltas_max)
+                || latest
+                    .manifest
+                    .as_ref()
+                    .is_some_and(|manifest| manifest.deltas.len() >= limits::checkpoint_deltas_max)
                 || latest.deltas_bytes * limits::checkpoint_deltas_fold_ratio >= latest.base_bytes
         };
         // Everything the core made is in the log's batcher: the checkpoint is the state
@@ -232,7 +235,8 @@ impl ShardNode {
         let store = &snapshots.store;
         let mut written = 0u64;
         let mut new_chunks = 0u32;
-        let known = store.list(&format!("{}/chunks/", files::shard_dir(shard))).await.map_err(|error| error.to_string())?;
+        let known =
+            store.list(&format!("{}/chunks/", files::shard_dir(shard))).await.map_err(|error| error.to_string())?;
         let known: BTreeSet<String> = known.into_iter().map(|(path, _)| path).collect();
         for chunk in &encoded {
             let path = files::chunk_path(shard, &chunk.name);
@@ -281,7 +285,10 @@ impl ShardNode {
         self.checkpoint_durable(lsn);
         *snapshots.latest.borrow_mut() = Latest { manifest: Some(manifest), base_bytes, deltas_bytes };
         if let Err(why) = self.collect_garbage(snapshots).await {
-            tracing::warn!("{}: cleaning the blob store failed (it is tried again after the next checkpoint): {why}", self.id);
+            tracing::warn!(
+                "{}: cleaning the blob store failed (it is tried again after the next checkpoint): {why}",
+                self.id
+            );
         }
         Ok(Checkpoint { generation, lsn: lsn.0, chunks: new_chunks, bytes: written, states: captured, base: full })
     }
@@ -353,7 +360,10 @@ impl ShardNode {
                 match snapshots.store.put(&files::segment_blob_path(self.id, &name), bytes).await {
                     Ok(()) => snapshots.uploaded_through.set(segment.last_lsn),
                     Err(error) => {
-                        tracing::warn!("{}: uploading {name} failed; it is tried again with the next: {error}", self.id);
+                        tracing::warn!(
+                            "{}: uploading {name} failed; it is tried again with the next: {error}",
+                            self.id
+                        );
                         break;
                     }
                 }
@@ -467,10 +477,12 @@ async fn read_chunk(store: &BlobStore, path: &str) -> Result<(Chunk, u64), Strin
         let chunk = rt::spawn_blocking(move || files::load_chunk(&file)).await.map_err(|error| error.to_string())?;
         return Ok((chunk, size));
     }
-    let bytes = store.get(path).await.map_err(|error| error.to_string())?.ok_or_else(|| format!("{path} is missing"))?;
+    let bytes =
+        store.get(path).await.map_err(|error| error.to_string())?.ok_or_else(|| format!("{path} is missing"))?;
     let size = bytes.len() as u64;
     let name = path.rsplit('/').next().unwrap_or(path).to_string();
-    let chunk = rt::spawn_blocking(move || files::decode_chunk(&name, &bytes)).await.map_err(|error| error.to_string())?;
+    let chunk =
+        rt::spawn_blocking(move || files::decode_chunk(&name, &bytes)).await.map_err(|error| error.to_string())?;
     Ok((chunk, size))
 }
 
@@ -509,7 +521,8 @@ async fn download_segments(store: &BlobStore, shard: ShardId, lsn: u64, log_dir:
     std::fs::create_dir_all(log_dir).map_err(|error| format!("{}: {error}", log_dir.display()))?;
     let count = wanted.len();
     for (done, (index, path)) in wanted.into_iter().enumerate() {
-        let bytes = store.get(&path).await.map_err(|error| error.to_string())?.ok_or_else(|| format!("{path} vanished"))?;
+        let bytes =
+            store.get(&path).await.map_err(|error| error.to_string())?.ok_or_else(|| format!("{path} vanished"))?;
         let file = statefun_storage::segment_path(log_dir, index);
         rt::spawn_blocking(move || -> std::io::Result<()> {
             let mut temporary = file.clone();
@@ -526,17 +539,16 @@ async fn download_segments(store: &BlobStore, shard: ShardId, lsn: u64, log_dir:
     Ok(())
 }
 
-/// The segments a manifest may name: used by `statefun snapshots list`.
+/// A manifest in a line, for `statefun snapshots list`.
 pub fn describe(manifest: &Manifest) -> String {
-    let segments: Vec<&SegmentRef> = manifest.segments.iter().collect();
     format!(
-        "shard {} generation {} LSN {}: base of {} chunks, {} delta chunks, {} segments, written at {} ms",
+        "shard {} generation {}: LSN {}, a base of {} chunks and {} delta chunks, {} log segments after it, written at {} (Unix ms)",
         manifest.shard.0,
         manifest.generation,
         manifest.lsn,
         manifest.base.len(),
         manifest.deltas.len(),
-        segments.len(),
+        manifest.segments.len(),
         manifest.created_ms
     )
 }

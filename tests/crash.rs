@@ -68,14 +68,28 @@ fn increment(url: &RwLock<String>, path: &str, key: &str, body: &str, mut expect
 
 #[test]
 fn acknowledged_increments_survive_sigkill_exactly_once() {
-    let cycles: u32 = std::env::var("STATEFUN_CRASH_CYCLES").ok().and_then(|text| text.parse().ok()).unwrap_or(20);
+    crash_cycles(&["--shards", "2", "--log-segment-mib", "4"], 20);
+}
+
+/// The same with a checkpoint every 200 ms, small segments removed below each, and one
+/// checkpoint kept: kills land during captures, uploads, manifest writes, segment removal and
+/// the blob store's garbage collection, and recovery starts from a checkpoint.
+#[test]
+fn acknowledged_increments_survive_sigkill_during_checkpoints() {
+    let args = ["--shards", "2", "--log-segment-mib", "1", "--snapshot-interval", "200ms", "--snapshots-retained", "1"];
+    crash_cycles(&args, 12);
+}
+
+/// Clients increment counters while the server is killed and restarted with `args`
+/// `STATEFUN_CRASH_CYCLES` times (or `cycles`); then every counter must be exact.
+fn crash_cycles(args: &[&str], cycles: u32) {
+    let cycles: u32 = std::env::var("STATEFUN_CRASH_CYCLES").ok().and_then(|text| text.parse().ok()).unwrap_or(cycles);
     let seed: u64 = std::env::var("STATEFUN_CRASH_SEED").ok().and_then(|text| text.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
     });
     eprintln!("crash test: {cycles} cycles, STATEFUN_CRASH_SEED={seed}");
     let data = data_dir();
-    let args = ["--shards", "2", "--log-segment-mib", "4"];
-    let server = Server::start_in(&data, &args);
+    let server = Server::start_in(&data, args);
     let url = Arc::new(RwLock::new(server.url.clone()));
     let stop = Arc::new(AtomicBool::new(false));
     let sent: Arc<Vec<AtomicU64>> = Arc::new((0..COUNTERS).map(|_| AtomicU64::new(0)).collect());
@@ -111,7 +125,7 @@ fn acknowledged_increments_survive_sigkill_exactly_once() {
         thread::sleep(Duration::from_millis(100 + rng.next(300)));
         server.take().unwrap().kill();
         thread::sleep(Duration::from_millis(rng.next(100)));
-        let restarted = Server::start_in(&data, &args);
+        let restarted = Server::start_in(&data, args);
         *url.write().unwrap() = restarted.url.clone();
         server = Some(restarted);
     }

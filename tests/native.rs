@@ -181,29 +181,77 @@ fn bad_frames_close_only_their_connection_and_strangers_are_refused() {
 }
 
 #[test]
-fn the_snapshot_command_asks_every_shard() {
+fn the_snapshot_command_checkpoints_every_shard() {
     let data = data_dir();
     let port = free_ports();
     let server = start(&data, port);
+    runtime().block_on(async {
+        let client = client(&data, port).await;
+        for key in 0..20 {
+            client.call(&address(&format!("example/counter/s{key}")), &text("1")).await.unwrap();
+        }
+    });
+    let snapshot = || {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_statefun"))
+            .args(["snapshot", "--connect", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stdout}{stderr}");
+        let lines: Vec<String> = stdout.lines().map(str::to_string).collect();
+        assert_eq!(lines.len(), 2, "one line per shard: {stdout}");
+        // Each shard's own checkpoint, in shard order: `shard 0: generation 4, LSN 123456,
+        // delta of 1,200 addresses, 3 chunks, 1.2 MiB written`.
+        let mut generations = Vec::new();
+        for (shard, line) in lines.iter().enumerate() {
+            let rest = line.strip_prefix(&format!("shard {shard}: generation ")).unwrap_or_else(|| panic!("{line}"));
+            assert!(rest.contains(", LSN ") && rest.ends_with(" written"), "{line}");
+            generations.push(rest.split(',').next().unwrap().parse::<u64>().unwrap());
+        }
+        (generations, lines)
+    };
+    let (first, lines) = snapshot();
+    // The counters live on both shards: each shard's checkpoint holds some of them.
+    assert!(lines.iter().all(|line| !line.contains(" of 0 addresses")), "{lines:?}");
+    let (second, _) = snapshot();
+    assert!(first.iter().zip(&second).all(|(first, second)| second > first), "{first:?} then {second:?}");
+    // The library call behind the command: one entry per shard, in shard order.
+    let third = runtime().block_on(async { client(&data, port).await.snapshot().await.unwrap() });
+    assert_eq!(third.len(), 2);
+    for (entry, second) in third.iter().zip(&second) {
+        match &entry.outcome {
+            frame::SnapshotOutcome::Done { generation, .. } => assert!(generation > second, "{third:?}"),
+            frame::SnapshotOutcome::Failed(why) => panic!("{why}"),
+        }
+    }
+    assert_eq!(third.iter().map(|entry| entry.shard.0).collect::<Vec<_>>(), [0, 1]);
+    drop(server);
+    let _ = std::fs::remove_dir_all(data);
+}
+
+#[test]
+fn the_snapshot_command_reports_each_failed_shard_and_fails() {
+    let data = data_dir();
+    let port = free_ports();
+    let listen = format!("127.0.0.1:{port}");
+    // No log, no checkpoints: every shard says no, each in its own words.
+    let server = Server::start_in(&data, &["--shards", "2", "--listen", &listen, "--durability", "memory"]);
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_statefun"))
-        .args(["snapshot", "--connect", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .args(["snapshot", "--connect", &listen, "--data-dir"])
         .arg(&data)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stdout}{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 2, "one line per shard: {stdout}{stderr}");
+    assert_eq!(lines.len(), 2, "one line per shard: {stdout}");
     for (shard, line) in lines.iter().enumerate() {
-        // The answer of each shard itself: a failure names the shard that wrote it.
-        let done = line.starts_with(&format!("shard {shard}: generation ")) && line.ends_with(" written");
-        let failed = line.starts_with(&format!("shard {shard}: failed: shard {shard}: "));
-        assert!(done || failed, "{line:?}");
+        assert!(line.starts_with(&format!("shard {shard}: failed: shard {shard}: ")), "{line}");
     }
-    let failed = lines.iter().filter(|line| line.contains(": failed: ")).count();
-    assert_eq!(output.status.success(), failed == 0, "{stdout}{stderr}");
-    // TODO(snapshots): once enabled, assert success
-    assert!(failed == 0 || lines.iter().all(|line| line.ends_with("snapshots are not enabled")), "{stdout}");
+    assert!(stderr.contains("2 of 2 shards took no checkpoint"), "{stderr}");
     drop(server);
     let _ = std::fs::remove_dir_all(data);
 }

@@ -368,6 +368,16 @@ mod tests {
         let failed: Snapshotted = decode(kind, &payload).unwrap();
         assert_eq!(failed.outcome, SnapshotOutcome::Failed("shard 1: snapshots are not enabled".into()));
         assert_eq!(reader.buffered(), 0);
+        // The layout FRAMES.md gives: 64 bytes, the tag at 8, `base` at 56, both checked.
+        let mut payload = AlignedVec::new();
+        payload.extend_from_slice(&answers[0][HEADER_BYTES..]);
+        assert_eq!(payload.len(), 64);
+        assert_eq!((payload[8], payload[56]), (0, 0));
+        for (at, byte) in [(8, 2), (56, 2)] {
+            let mut bad = payload.clone();
+            bad[at] = byte;
+            assert!(matches!(decode::<Snapshotted>(Kind::Snapshotted, &bad), Err(Error::Payload { .. })), "{at}");
+        }
         // The kind after the last one is still unknown: a newer peer's frame is refused whole.
         let mut unknown = ask.clone();
         unknown[5] = 10;

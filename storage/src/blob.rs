@@ -98,6 +98,12 @@ pub struct BlobStore {
     inner: Arc<Inner>,
 }
 
+// Every shard holds a clone, and any executor may poll its futures.
+const _: () = {
+    const fn shareable<T: Clone + Send + Sync>() {}
+    shareable::<BlobStore>();
+};
+
 #[derive(Debug)]
 struct Inner {
     url: String,
@@ -671,6 +677,18 @@ mod tests {
                 })
             })
         })
+    }
+
+    #[test]
+    fn the_futures_are_send() {
+        fn send<T: Send>(_: T) {}
+        let (store, dir) = open_dir("send");
+        send(store.put("x", Bytes::new()));
+        send(store.put_new("x", Bytes::new()));
+        send(store.get("x"));
+        send(store.list(""));
+        send(store.delete("x"));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -255,10 +255,9 @@ fn entry_v2(entry: &Entry) -> EntryV2 {
             EntryV2::Fired { owner: address_v1(owner), timer: timer.0, fire_at: fire_at.0, send: send_v1(send) }
         }
         Entry::Acked { peer, seq } => EntryV2::Acked { peer: peer.0, seq: *seq },
-        Entry::Registered { function, values } => EntryV2::Registered {
-            function: function.to_string(),
-            values: values.iter().map(spec_v2).collect(),
-        },
+        Entry::Registered { function, values } => {
+            EntryV2::Registered { function: function.to_string(), values: values.iter().map(spec_v2).collect() }
+        }
     }
 }
 

@@ -26,9 +26,7 @@ mod mmap;
 pub mod snapshot;
 
 pub use error::Error;
-pub use log::{
-    open, segment_path, truncate, Batcher, LogConfig, Plan, Recovered, Recovery, SealedSegment, Segments,
-};
+pub use log::{open, segment_path, truncate, Batcher, LogConfig, Plan, Recovered, Recovery, SealedSegment, Segments};
 
 /// A log sequence number: the place of a record in its shard's log, from 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]

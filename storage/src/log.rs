@@ -187,8 +187,14 @@ pub struct Recovery {
 impl Recovery {
     /// Recovery of the log in `dir`, whose records up to `after` are in a checkpoint.
     pub fn new(dir: &Path, after: Lsn) -> Recovery {
-        let plan =
-            Plan { records: Vec::new(), next_lsn: Lsn(after.0 + 1), tail: None, spare: None, torn: None, firsts: Vec::new() };
+        let plan = Plan {
+            records: Vec::new(),
+            next_lsn: Lsn(after.0 + 1),
+            tail: None,
+            spare: None,
+            torn: None,
+            firsts: Vec::new(),
+        };
         Recovery { dir: dir.to_owned(), plan, ended: false, after }
     }
 

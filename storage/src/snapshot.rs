@@ -26,8 +26,8 @@ use bytes::Bytes;
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use statefun_core::{
-    AddressState, Envelope, LinkState, MessageId, ShardId, ShardMeta, StoredOutcome, StoredRequest,
-    TimerId, TimerState, UnixMillis, ValueState,
+    AddressState, Envelope, LinkState, MessageId, ShardId, ShardMeta, StoredOutcome, StoredRequest, TimerId,
+    TimerState, UnixMillis, ValueState,
 };
 
 use crate::codec::{self, AddressV1, EnvelopeV1, TypedValueV1, ValueSpecV2};
