@@ -20,6 +20,7 @@ pub mod limits;
 pub mod protocol;
 mod record;
 pub mod requests;
+pub mod rescale;
 mod shard;
 mod time;
 pub mod types;
