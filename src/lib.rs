@@ -35,6 +35,7 @@ mod native;
 mod node;
 mod playground;
 mod remote;
+mod rescale;
 mod rt;
 pub mod shard;
 pub mod snapshots;

@@ -117,24 +117,40 @@ impl Config {
     }
 }
 
-/// The layout file says which shard count wrote the data directory: until snapshots can
-/// move key groups between shards, a node must restart with the same count.
-fn check_layout(config: &Config) -> anyhow::Result<()> {
+/// The layout file says which shard count wrote the data directory. A node started with
+/// another count moves the state to it first ([`rescale`]); the layout file is the commit
+/// point of that move.
+fn layout_text(shards: u16) -> String {
+    format!("shards={shards}\nkey_groups={}\n", core_limits::key_groups_max)
+}
+
+/// The shard count of the data directory's layout file, if it has one.
+fn written_layout(config: &Config) -> anyhow::Result<Option<u16>> {
     let path = config.data_dir.join("layout");
-    let layout = format!("shards={}\nkey_groups={}\n", config.shards, core_limits::key_groups_max);
     match std::fs::read_to_string(&path) {
-        Ok(existing) if existing == layout => Ok(()),
-        Ok(existing) => bail!(
-            "{} was written by a node with a different layout ({}); start with the same --shards \
-             (moving state between shard counts comes with snapshots)",
-            config.data_dir.display(),
-            existing.trim().replace('\n', ", ")
-        ),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::write(&path, layout).with_context(|| format!("cannot write {}", path.display()))
+        Ok(existing) => {
+            let shards = existing.lines().find_map(|line| line.strip_prefix("shards=")).and_then(|n| n.parse().ok());
+            let shards =
+                shards.with_context(|| format!("{} does not say its shard count: {existing:?}", path.display()))?;
+            if existing != layout_text(shards) {
+                bail!("{} is of another layout: {}", path.display(), existing.trim().replace('\n', ", "));
+            }
+            Ok(Some(shards))
         }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(error) => Err(error).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// Writes the layout file for `shards`, atomically.
+fn write_layout(config: &Config, shards: u16) -> anyhow::Result<()> {
+    let path = config.data_dir.join("layout");
+    let temporary = config.data_dir.join("layout.tmp");
+    std::fs::write(&temporary, layout_text(shards)).with_context(|| format!("cannot write {}", temporary.display()))?;
+    std::fs::File::open(&temporary).and_then(|file| file.sync_all())?;
+    std::fs::rename(&temporary, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    std::fs::File::open(&config.data_dir).and_then(|dir| dir.sync_all())?;
+    Ok(())
 }
 
 /// A started node. Its shards run until the process ends.
@@ -156,9 +172,6 @@ impl Node {
         }
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data directory {}", config.data_dir.display()))?;
-        if config.durability != Durability::Memory {
-            check_layout(&config)?;
-        }
         // Bind once without SO_REUSEPORT: this fails if anyone else holds the port (the
         // shards' own sockets share it), and resolves port 0 to a real port.
         let probe = bind_patiently(|| std::net::TcpListener::bind(config.http))
@@ -203,6 +216,22 @@ impl Node {
         };
         let parked = Arc::new(Parked::default());
         let registry = Arc::new(registry);
+        if let Some(store) = &store {
+            let written = match written_layout(&config)? {
+                Some(shards) => Some(shards),
+                // An empty data directory: the blob store may hold another layout's checkpoints.
+                None => crate::rescale::stored_layout(store)?,
+            };
+            match written {
+                Some(old) if old != config.shards => {
+                    crate::rescale::rescale(&config, old, &registry, store)?;
+                    write_layout(&config, config.shards)?;
+                }
+                Some(_) => {}
+                None => write_layout(&config, config.shards)?,
+            }
+            crate::rescale::clean_up(&config)?;
+        }
         let metrics = Arc::new(Metrics::new(shards));
         let mut links = mesh(shards);
         let (ready_sender, ready) = mpsc::channel::<Result<ShardId, String>>();
@@ -245,7 +274,9 @@ impl Node {
                         None => (None, None, Vec::new(), None, Lsn(1)),
                         Some(log) => {
                             let restored = match &store {
-                                Some(store) => match snapshots::restore_point(store, id, &log.dir).await {
+                                Some(store) => match snapshots::restore_point(store, id, routing.shards(), &log.dir)
+                                    .await
+                                {
                                     Ok(restored) => restored,
                                     Err(error) => {
                                         let _ = ready.send(Err(format!("{id}: cannot restore a checkpoint: {error}")));

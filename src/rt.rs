@@ -58,8 +58,8 @@ pub async fn spawn_blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 's
     glommio::executor().spawn_blocking(f).await
 }
 
-/// Runs `future` to completion on a fresh executor on this thread.
-#[cfg(test)]
+/// Runs `future` to completion on a fresh executor on this thread (start-up work before the
+/// shards run, tests).
 pub fn block_on<T>(future: impl Future<Output = T>) -> T {
     glommio::LocalExecutor::default().run(future)
 }

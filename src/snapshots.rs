@@ -387,9 +387,15 @@ fn parse_segment_name(path: &str) -> Option<(u32, u64, u64)> {
     (parts.next().is_none() && first <= last).then_some((index, first, last))
 }
 
-/// The newest usable checkpoint of `shard` in `store`, if any; with an empty local log,
-/// the stored segments after it are downloaded into `log_dir` first.
-pub async fn restore_point(store: &BlobStore, shard: ShardId, log_dir: &Path) -> Result<Option<Restored>, String> {
+/// The newest usable checkpoint of `shard` of a layout of `shards` in `store`, if any (those
+/// of other layouts are passed over); with an empty local log, the stored segments after it
+/// are downloaded into `log_dir` first.
+pub async fn restore_point(
+    store: &BlobStore,
+    shard: ShardId,
+    shards: u16,
+    log_dir: &Path,
+) -> Result<Option<Restored>, String> {
     let error = |error: statefun_storage::Error| error.to_string();
     let mut manifests: Vec<(u64, String)> = store
         .list(&format!("{}/", files::manifest_dir(shard)))
@@ -402,8 +408,9 @@ pub async fn restore_point(store: &BlobStore, shard: ShardId, log_dir: &Path) ->
     let mut failures: Vec<String> = Vec::new();
     let mut newest_lsn: Option<u64> = None;
     for (_, path) in manifests.iter().rev() {
-        match load(store, shard, path).await {
-            Ok(mut restored) => {
+        match load(store, shard, shards, path).await {
+            Ok(None) => continue,
+            Ok(Some(mut restored)) => {
                 if let Some(newest) = newest_lsn {
                     restored.must_reach = Some((newest, failures.join("; ")));
                 }
@@ -431,13 +438,17 @@ async fn manifest_lsn(store: &BlobStore, path: &str) -> Option<u64> {
     Manifest::decode(path, &bytes).ok().map(|manifest| manifest.lsn)
 }
 
-/// Loads a manifest and its chunks (mapped in place when the store is a local directory).
-async fn load(store: &BlobStore, shard: ShardId, path: &str) -> Result<Restored, String> {
+/// Loads a manifest and its chunks (mapped in place when the store is a local directory);
+/// `None` if it is of another layout than `shards`.
+async fn load(store: &BlobStore, shard: ShardId, shards: u16, path: &str) -> Result<Option<Restored>, String> {
     let error = |error: statefun_storage::Error| error.to_string();
     let bytes = store.get(path).await.map_err(error)?.ok_or_else(|| format!("{path} vanished"))?;
     let manifest = Manifest::decode(path, &bytes).map_err(error)?;
     if manifest.shard != shard {
         return Err(format!("{path} is a checkpoint of shard {}", manifest.shard.0));
+    }
+    if manifest.shards != shards {
+        return Ok(None);
     }
     let mut meta = None;
     let mut base = Vec::new();
@@ -466,7 +477,7 @@ async fn load(store: &BlobStore, shard: ShardId, path: &str) -> Result<Restored,
         return Err(format!("{path}: its meta is of shard {}", meta.shard.0));
     }
     let states = files::merge(base, deltas.into_iter().map(|(_, run)| run));
-    Ok(Restored { manifest, meta, states, base_bytes, deltas_bytes, must_reach: None })
+    Ok(Some(Restored { manifest, meta, states, base_bytes, deltas_bytes, must_reach: None }))
 }
 
 /// A chunk from the store, validated: mapped in place from a local store's file, otherwise

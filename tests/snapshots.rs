@@ -2,7 +2,8 @@
 //! store outside its data directory; `statefun snapshot` takes one on every shard; then the
 //! data directory is deleted, a node starts on an empty one with the same blob store, and
 //! every counter must read as before, retried requests must not apply again, and
-//! `statefun snapshots list` must show the checkpoints. Crashes during checkpoints are in
+//! `statefun snapshots list` must show the checkpoints. A node restarted with another shard
+//! count (2 to 1 and back) must read every counter as before. Crashes during checkpoints are in
 //! `tests/crash.rs`; the bytes of a delta in `storage/tests/checkpoint_size.rs`.
 
 #![allow(clippy::unwrap_used)]
@@ -84,4 +85,47 @@ fn a_node_on_an_empty_disk_restores_every_counter_from_the_blob_store() {
     server.kill();
     let _ = std::fs::remove_dir_all(second);
     let _ = std::fs::remove_dir_all(blobs);
+}
+
+#[test]
+fn rescaling_two_shards_to_one_and_back_keeps_every_counter() {
+    let data = data_dir();
+    let start = |shards: &str| Server::start_in(&data, &["--shards", shards, "--snapshot-interval", "1h"]);
+    let server = start("2");
+    let mut expected = vec![0u64; COUNTERS];
+    for n in 0..SENDS {
+        let delta = (n % 5 + 1) as u64;
+        send(&server, n % COUNTERS, &format!("inc-{n}"), delta);
+        expected[n % COUNTERS] += delta;
+    }
+    for (counter, expected) in expected.iter().enumerate() {
+        assert!(support::eventually(Duration::from_secs(10), || count(&server, counter) == *expected));
+    }
+    // Killed without a checkpoint: the move reads the logs too.
+    server.kill();
+    for shards in ["1", "2"] {
+        let server = start(shards);
+        for (counter, expected) in expected.iter().enumerate() {
+            assert_eq!(count(&server, counter), *expected, "counter k{counter} on {shards} shards");
+        }
+        // The idempotency keys moved along: a retry does not apply again.
+        for n in 0..20 {
+            send(&server, n % COUNTERS, &format!("inc-{n}"), 1_000);
+        }
+        for (counter, expected) in expected.iter().enumerate().take(20) {
+            assert_eq!(count(&server, counter), *expected, "counter k{counter} after retries on {shards} shards");
+        }
+        // More work on this layout, then moved again.
+        for counter in 0..COUNTERS {
+            send(&server, counter, &format!("more-{shards}-{counter}"), 1);
+            expected[counter] += 1;
+        }
+        for (counter, expected) in expected.iter().enumerate() {
+            assert!(support::eventually(Duration::from_secs(10), || count(&server, counter) == *expected));
+        }
+        server.kill();
+    }
+    let layout = std::fs::read_to_string(data.join("layout")).unwrap();
+    assert!(layout.starts_with("shards=2"), "{layout}");
+    let _ = std::fs::remove_dir_all(data);
 }
