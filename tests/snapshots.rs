@@ -116,9 +116,9 @@ fn rescaling_two_shards_to_one_and_back_keeps_every_counter() {
             assert_eq!(count(&server, counter), *expected, "counter k{counter} after retries on {shards} shards");
         }
         // More work on this layout, then moved again.
-        for counter in 0..COUNTERS {
+        for (counter, expected) in expected.iter_mut().enumerate() {
             send(&server, counter, &format!("more-{shards}-{counter}"), 1);
-            expected[counter] += 1;
+            *expected += 1;
         }
         for (counter, expected) in expected.iter().enumerate() {
             assert!(support::eventually(Duration::from_secs(10), || count(&server, counter) == *expected));
