@@ -1114,8 +1114,11 @@ mod tests {
         assert_eq!(restored.pending_timers(), 1);
     }
 
-    /// Every address's values, pending timers and queued messages over a set of shards.
-    fn union(shards: &[Shard]) -> (Vec<(Address, Values)>, usize, Vec<(Address, usize)>) {
+    /// Every address's values, the pending timers, and every address's queued messages.
+    type Union = (Vec<(Address, Values)>, usize, Vec<(Address, usize)>);
+
+    /// The [`Union`] of what a set of shards holds.
+    fn union(shards: &[Shard]) -> Union {
         let mut state: Vec<_> = shards.iter().flat_map(Shard::state).collect();
         state.sort_by(|a, b| a.0.cmp(&b.0));
         let timers = shards.iter().map(Shard::pending_timers).sum();
