@@ -18,8 +18,9 @@ use support::{data_dir, try_post, Server};
 const COUNTERS: usize = 200;
 const SENDS: usize = 600;
 
-fn statefun(args: &[&str]) -> (bool, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_statefun")).args(args).output().unwrap();
+fn statefun(args: &[&str], env: &[(&str, String)]) -> (bool, String) {
+    let env = env.iter().map(|(key, value)| (key, value));
+    let output = Command::new(env!("CARGO_BIN_EXE_statefun")).args(args).envs(env).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     (output.status.success(), text)
 }
@@ -39,14 +40,28 @@ fn count(server: &Server, counter: usize) -> u64 {
 }
 
 #[test]
-fn a_node_on_an_empty_disk_restores_every_counter_from_the_blob_store() {
+fn a_node_on_an_empty_disk_restores_every_counter_from_a_local_blob_store() {
     let blobs = data_dir();
-    let blob_url = format!("file://{}", blobs.display());
+    restore_from_blob_store_alone(&format!("file://{}", blobs.display()), &[]);
+    let _ = std::fs::remove_dir_all(blobs);
+}
+
+/// The same against a real S3-compatible server.
+#[cfg(feature = "s3")]
+#[test]
+fn a_node_on_an_empty_disk_restores_every_counter_from_s3() {
+    let s3 = support::S3Server::start("checkpoints");
+    restore_from_blob_store_alone("s3://checkpoints/node-a", &s3.env());
+}
+
+/// Fills counters, checkpoints every shard with `statefun snapshot`, deletes the data
+/// directory, and starts a node on an empty one with the same blob store.
+fn restore_from_blob_store_alone(blob_url: &str, env: &[(&str, String)]) {
     let listen = format!("127.0.0.1:{}", free_udp_port());
-    let args = ["--shards", "2", "--blob-url", &blob_url, "--snapshot-interval", "1h", "--listen", &listen];
+    let args = ["--shards", "2", "--blob-url", blob_url, "--snapshot-interval", "1h", "--listen", &listen];
 
     let first = data_dir();
-    let server = Server::start_in(&first, &args);
+    let server = Server::start_with_env(&first, &args, env);
     let mut expected = vec![0u64; COUNTERS];
     for n in 0..SENDS {
         let delta = (n % 7 + 1) as u64;
@@ -58,7 +73,7 @@ fn a_node_on_an_empty_disk_restores_every_counter_from_the_blob_store() {
         assert!(support::eventually(Duration::from_secs(10), || count(&server, counter) == *expected));
     }
     let first_dir = first.display().to_string();
-    let (ok, out) = statefun(&["snapshot", "--connect", &listen, "--data-dir", &first_dir]);
+    let (ok, out) = statefun(&["snapshot", "--connect", &listen, "--data-dir", &first_dir], env);
     assert!(ok, "statefun snapshot: {out}");
     for shard in 0..2 {
         assert!(out.contains(&format!("shard {shard}: generation")), "{out}");
@@ -67,7 +82,7 @@ fn a_node_on_an_empty_disk_restores_every_counter_from_the_blob_store() {
     std::fs::remove_dir_all(&first).unwrap();
 
     let second = data_dir();
-    let server = Server::start_in(&second, &args);
+    let server = Server::start_with_env(&second, &args, env);
     for (counter, expected) in expected.iter().enumerate() {
         assert_eq!(count(&server, counter), *expected, "counter k{counter} after the restore");
     }
@@ -79,12 +94,11 @@ fn a_node_on_an_empty_disk_restores_every_counter_from_the_blob_store() {
         assert_eq!(count(&server, counter), *expected, "counter k{counter} after retries");
     }
 
-    let (ok, out) = statefun(&["snapshots", "list", "--blob-url", &blob_url]);
+    let (ok, out) = statefun(&["snapshots", "list", "--blob-url", blob_url], env);
     assert!(ok, "statefun snapshots list: {out}");
     assert!(out.contains("shard 0 generation") && out.contains("shard 1 generation"), "{out}");
     server.kill();
     let _ = std::fs::remove_dir_all(second);
-    let _ = std::fs::remove_dir_all(blobs);
 }
 
 #[test]

@@ -33,12 +33,18 @@ impl Server {
     /// Starts `statefun serve` on `data_dir`, which outlives the server. Without a
     /// `--listen` in `args` the QUIC endpoints take free ports, so tests run side by side.
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Server {
-        Server::try_start(data_dir, args).unwrap_or_else(|why| panic!("statefun serve did not start: {why}"))
+        Server::start_with_env(data_dir, args, &[])
     }
 
-    fn try_start(data_dir: &Path, args: &[&str]) -> Result<Server, String> {
+    /// As [`Server::start_in`], with `env` added to the process's environment.
+    pub fn start_with_env(data_dir: &Path, args: &[&str], env: &[(&str, String)]) -> Server {
+        Server::try_start(data_dir, args, env).unwrap_or_else(|why| panic!("statefun serve did not start: {why}"))
+    }
+
+    fn try_start(data_dir: &Path, args: &[&str], env: &[(&str, String)]) -> Result<Server, String> {
         let data_dir = data_dir.to_owned();
         let mut command = Command::new(env!("CARGO_BIN_EXE_statefun"));
+        command.envs(env.iter().map(|(key, value)| (key, value)));
         command.arg("serve").args(["--http", "127.0.0.1:0", "--data-dir"]).arg(&data_dir);
         if !args.contains(&"--listen") {
             command.args(["--listen", "127.0.0.1:0"]);
@@ -184,4 +190,52 @@ pub fn delete(url: &str) -> Reply {
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     listener.local_addr().expect("local address").port()
+}
+
+/// An S3-compatible server (moto, from PyPI: `tests/sdk/setup.sh` installs it into
+/// `target/sdk/venv`) on a free port, with one bucket; killed when dropped.
+pub struct S3Server {
+    child: Child,
+    pub port: u16,
+}
+
+impl S3Server {
+    pub fn start(bucket: &str) -> S3Server {
+        let moto = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/sdk/venv/bin/moto_server");
+        assert!(moto.is_file(), "{} is missing: run tests/sdk/setup.sh (bash .ci/run does)", moto.display());
+        let port = free_port();
+        let child = Command::new(moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = S3Server { child, port };
+        assert!(
+            eventually(Duration::from_secs(60), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            "moto_server did not listen on port {port}"
+        );
+        // object_store cannot create buckets; moto takes an unsigned PUT.
+        let created = put(&format!("http://127.0.0.1:{port}/{bucket}"), None, "");
+        assert_eq!(created.status, 200, "creating bucket {bucket}: {}", created.body);
+        server
+    }
+
+    /// The environment a node needs to use it as `--blob-url s3://...`.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", self.port)),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
