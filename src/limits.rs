@@ -67,5 +67,31 @@ pub const checkpoint_deltas_fold_ratio: u64 = 2;
 /// recovery merges.
 pub const checkpoint_deltas_max: usize = 16;
 
+/// Records one topic keeps until a reader takes them. Past it the oldest record is dropped
+/// with a warning: the topic stands for an external system (a broker's topic) that a reader
+/// may never drain, and the functions that fill it must not stop for that. 100 000 greetings
+/// are far more than anyone reads back with `curl`.
+pub const topic_records_max: usize = 100_000;
+
+/// Payload bytes one topic keeps, the same way: a bound on memory that holds for any payload
+/// size. 64 MiB is sixteen of the largest values.
+pub const topic_bytes_max: usize = 64 * 1024 * 1024;
+
+/// How long the ingress waits for its message's admission before it answers `504`: as long
+/// as the default `/v1/call` timeout.
+pub const ingress_admission_wait_ms_max: u64 = 10_000;
+
+/// Bytes of module text. Real modules are a few kilobytes; the bound keeps a wrong file
+/// (a log, a binary) from being parsed at all.
+pub const module_text_bytes_max: usize = 1024 * 1024;
+
+/// YAML documents in one module: far more components than any StateFun module has.
+pub const module_documents_max: usize = 1024;
+
+/// Snapshot requests one connection may have waiting for the next checkpoint. An operator
+/// asks once per shard and waits; more than a few at once is a client gone wrong, and each
+/// one past the bound is answered `Failed` at once rather than kept.
+pub const snapshots_waiting_per_connection_max: usize = 16;
+
 const _: () = assert!(remote_backoff_first_ms <= remote_backoff_max_ms);
 const _: () = assert!(mesh_channel_messages_max >= statefun_core::limits::invocations_per_turn_max);

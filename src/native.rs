@@ -21,6 +21,7 @@ use statefun_net::frame::{self, Kind};
 use statefun_net::limits as net_limits;
 use statefun_net::server::{Command, ConnectionId, Endpoint, Event};
 
+use crate::limits::snapshots_waiting_per_connection_max;
 use crate::rt;
 use crate::shard::ShardNode;
 
@@ -41,11 +42,6 @@ struct Subscription {
     egress: String,
     next: u64,
 }
-
-/// Snapshot requests one connection may have waiting for the next checkpoint. An operator
-/// asks once per shard and waits; more than a few at once is a client gone wrong, and each
-/// one past the bound is answered `Failed` at once rather than kept.
-const SNAPSHOTS_WAITING_PER_CONNECTION_MAX: usize = 16;
 
 /// The shard's snapshot requests: at most one checkpoint runs at a time, and requests that
 /// arrive while it runs wait for the next one, which starts after all of them arrived (a
@@ -198,7 +194,7 @@ fn ask_snapshot(
     let (queued, start) = {
         let mut state = snapshots.borrow_mut();
         let held = state.waiting.iter().filter(|(waiting, _)| *waiting == connection).count();
-        if held >= SNAPSHOTS_WAITING_PER_CONNECTION_MAX {
+        if held >= snapshots_waiting_per_connection_max {
             (false, false)
         } else {
             state.waiting.push((connection, id));
@@ -207,7 +203,7 @@ fn ask_snapshot(
     };
     if !queued {
         let why = format!(
-            "{}: more than {SNAPSHOTS_WAITING_PER_CONNECTION_MAX} snapshot requests of this connection are waiting",
+            "{}: more than {snapshots_waiting_per_connection_max} snapshot requests of this connection are waiting",
             node.id
         );
         let answer =

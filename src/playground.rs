@@ -42,6 +42,7 @@ use hyper::body::Incoming;
 use statefun_core::{Address, Egress, Error, Outcome, TypeName, TypedValue, ValueType, Want};
 
 use crate::ingress::{self, percent_decode, text, Refusal, Reply};
+use crate::limits::{ingress_admission_wait_ms_max, topic_bytes_max, topic_records_max};
 use crate::rt::{self, TcpListener};
 use crate::shard::ShardNode;
 
@@ -51,20 +52,6 @@ pub const EGRESS_NAME: &str = "egress";
 
 /// The value type of a playground egress record.
 pub const EGRESS_RECORD_TYPE: &str = "io.statefun.playground/EgressRecord";
-
-/// Records one topic keeps until a reader takes them. Past it the oldest record is dropped
-/// with a warning: the topic stands for an external system (a broker's topic) that a reader
-/// may never drain, and the functions that fill it must not stop for that. 100 000 greetings
-/// are far more than anyone reads back with `curl`.
-pub const topic_records_max: usize = 100_000;
-
-/// Payload bytes one topic keeps, the same way: a bound on memory that holds for any payload
-/// size. 64 MiB is sixteen of the largest values.
-pub const topic_bytes_max: usize = 64 * 1024 * 1024;
-
-/// How long the ingress waits for its message's admission before it answers `504`: as long
-/// as the default `/v1/call` timeout.
-pub const ingress_admission_wait_ms_max: u64 = 10_000;
 
 const _: () = assert!(topic_bytes_max >= statefun_core::limits::value_bytes_max);
 

@@ -23,16 +23,9 @@ use serde_norway::Value;
 use statefun_core::TypeName;
 
 pub use duration::parse_duration;
+
+use crate::limits::{module_documents_max, module_text_bytes_max};
 use yaml::{describe, Doc, Node};
-
-/// Bytes of module text. Real modules are a few kilobytes; the bound keeps a wrong file
-/// (a log, a binary) from being parsed at all.
-#[allow(non_upper_case_globals)] // Limits read as quantities, as in `crate::limits`.
-pub const module_text_bytes_max: usize = 1024 * 1024;
-
-/// YAML documents in one module: far more components than any StateFun module has.
-#[allow(non_upper_case_globals)]
-pub const module_documents_max: usize = 1024;
 
 /// A parsed module: the endpoints of remote functions and the playground's I/O.
 #[derive(Debug, Clone, Default, PartialEq)]

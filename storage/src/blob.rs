@@ -23,7 +23,7 @@
 //! progress `<path>#<n>`; they are invisible to [`BlobStore::list`] and stay behind if the
 //! process dies mid-write).
 
-// Limits read as quantities (`blob_jobs_queued_max`), as in `crate::limits`.
+// S3's own limits read as quantities, as those in `crate::limits`.
 #![allow(non_upper_case_globals)]
 
 use std::future::Future;
@@ -39,40 +39,11 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload, WriteMultipart};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::limits::{
+    blob_blocking_threads_max, blob_bytes_max, blob_jobs_in_flight_max, blob_jobs_queued_max, blob_list_entries_max,
+    blob_multipart_bytes_min, blob_part_bytes, blob_parts_in_flight_max,
+};
 use crate::Error;
-
-/// Jobs waiting for the uploader beyond those in flight. A node's callers are its shards'
-/// background uploaders and checkpointers, a few jobs each: 64 lets every shard of a 32-core
-/// node have two waiting. More would only hide a slow store: the jobs behind it wait either
-/// way, and a full queue makes the next caller wait at the send, which is the push-back.
-pub const blob_jobs_queued_max: usize = 64;
-
-/// Jobs the uploader runs at once. S3 throughput grows with parallel requests up to a few
-/// tens; a local disk gains nothing past a handful of writers.
-pub const blob_jobs_in_flight_max: usize = 16;
-
-/// Threads of the uploader's blocking pool, where the local store's file I/O runs (one per
-/// job in flight; the parts of a multipart upload queue behind them).
-pub const blob_blocking_threads_max: usize = 16;
-
-/// Bodies of this size and above go up as a multipart upload: S3 takes one request per part,
-/// in parallel, and retries a failed part rather than the whole object.
-pub const blob_multipart_bytes_min: usize = 8 * 1024 * 1024;
-
-/// The size of each part of a multipart upload but the last. S3 wants at least 5 MiB.
-pub const blob_part_bytes: usize = 8 * 1024 * 1024;
-
-/// Parts of one multipart upload in flight at once.
-pub const blob_parts_in_flight_max: usize = 4;
-
-/// The largest object the store reads or writes: objects are read whole into memory. Far
-/// above a log segment (64 MiB by default) or a checkpoint chunk (4-16 MiB); an object larger
-/// than this is not one of ours.
-pub const blob_bytes_max: u64 = 1024 * 1024 * 1024;
-
-/// The most objects one [`BlobStore::list`] returns: about 100 MB of names at worst. Remote
-/// garbage collection keeps a shard's objects to a few thousand.
-pub const blob_list_entries_max: usize = 1_000_000;
 
 /// S3's smallest part (the last part may be smaller).
 const s3_part_bytes_min: usize = 5 * 1024 * 1024;

@@ -37,6 +37,39 @@ pub const chunk_states_max: usize = 64 * 1024;
 /// under a second. One state always fits, however large.
 pub const chunk_bytes_target: usize = 16 * 1024 * 1024;
 
+/// Jobs waiting for the uploader beyond those in flight. A node's callers are its shards'
+/// background uploaders and checkpointers, a few jobs each: 64 lets every shard of a 32-core
+/// node have two waiting. More would only hide a slow store: the jobs behind it wait either
+/// way, and a full queue makes the next caller wait at the send, which is the push-back.
+pub const blob_jobs_queued_max: usize = 64;
+
+/// Jobs the uploader runs at once. S3 throughput grows with parallel requests up to a few
+/// tens; a local disk gains nothing past a handful of writers.
+pub const blob_jobs_in_flight_max: usize = 16;
+
+/// Threads of the uploader's blocking pool, where the local store's file I/O runs (one per
+/// job in flight; the parts of a multipart upload queue behind them).
+pub const blob_blocking_threads_max: usize = 16;
+
+/// Bodies of this size and above go up as a multipart upload: S3 takes one request per part,
+/// in parallel, and retries a failed part rather than the whole object.
+pub const blob_multipart_bytes_min: usize = 8 * 1024 * 1024;
+
+/// The size of each part of a multipart upload but the last. S3 wants at least 5 MiB.
+pub const blob_part_bytes: usize = 8 * 1024 * 1024;
+
+/// Parts of one multipart upload in flight at once.
+pub const blob_parts_in_flight_max: usize = 4;
+
+/// The largest object the store reads or writes: objects are read whole into memory. Far
+/// above a log segment (64 MiB by default) or a checkpoint chunk (4-16 MiB); an object larger
+/// than this is not one of ours.
+pub const blob_bytes_max: u64 = 1024 * 1024 * 1024;
+
+/// The most objects one [`BlobStore::list`] returns: about 100 MB of names at worst. Remote
+/// garbage collection keeps a shard's objects to a few thousand.
+pub const blob_list_entries_max: usize = 1_000_000;
+
 const _: () = assert!(record_bytes_max as u64 + 64 <= batch_bytes_max);
 const _: () = assert!(segment_bytes_default >= 2 * batch_bytes_max);
 const _: () = assert!(batch_bytes_max % block_bytes == 0 && segment_bytes_default % block_bytes == 0);
