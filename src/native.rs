@@ -14,7 +14,6 @@ use std::collections::HashSet;
 use std::rc::Rc;
 use std::time::Duration;
 
-use glommio::channels::local_channel::LocalSender;
 use rkyv::util::AlignedVec;
 use statefun_core::{Address, Error, Outcome, TypeName, TypedValue, Want};
 use statefun_net::frame::{self, Kind};
@@ -22,7 +21,7 @@ use statefun_net::limits as net_limits;
 use statefun_net::server::{Command, ConnectionId, Endpoint, Event};
 
 use crate::limits::snapshots_waiting_per_connection_max;
-use crate::rt;
+use crate::rt::{self, LocalSender};
 use crate::shard::ShardNode;
 
 /// What a shard serves its native clients with.

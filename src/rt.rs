@@ -17,6 +17,7 @@ use glommio::{CpuSet, LocalExecutorBuilder, Placement};
 
 use crate::limits;
 
+pub use glommio::channels::local_channel::LocalSender;
 pub use glommio::channels::shared_channel::{
     new_bounded as channel, ConnectedReceiver as Receiver, ConnectedSender as Sender, SharedReceiver, SharedSender,
 };
