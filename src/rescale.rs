@@ -42,14 +42,7 @@ fn old_log_dir(config: &Config, shard: ShardId) -> PathBuf {
 /// layout of a data directory that was lost.
 pub fn stored_layout(store: &BlobStore) -> anyhow::Result<Option<u16>> {
     rt::block_on(async {
-        let mut manifests: Vec<(u64, String)> = store
-            .list(&format!("{}/", files::manifest_dir(ShardId(0))))
-            .await?
-            .into_iter()
-            .filter_map(|(path, _)| files::parse_manifest_generation(&path).map(|generation| (generation, path)))
-            .collect();
-        manifests.sort();
-        let Some((_, path)) = manifests.pop() else { return Ok(None) };
+        let Some((_, path)) = snapshots::manifests(store, ShardId(0)).await?.pop() else { return Ok(None) };
         let bytes = store.get(&path).await?.with_context(|| format!("{path} vanished"))?;
         Ok(Some(Manifest::decode(&path, &bytes)?.shards))
     })

@@ -299,14 +299,7 @@ impl ShardNode {
         let store = &snapshots.store;
         let shard = self.id;
         let error = |error: statefun_storage::Error| error.to_string();
-        let mut manifests: Vec<(u64, String)> = store
-            .list(&format!("{}/", files::manifest_dir(shard)))
-            .await
-            .map_err(error)?
-            .into_iter()
-            .filter_map(|(path, _)| files::parse_manifest_generation(&path).map(|generation| (generation, path)))
-            .collect();
-        manifests.sort();
+        let manifests = manifests(store, shard).await.map_err(error)?;
         if manifests.len() <= snapshots.config.retained {
             return Ok(());
         }
@@ -372,6 +365,18 @@ impl ShardNode {
     }
 }
 
+/// The generations and paths of `shard`'s manifests in the store, oldest first.
+pub async fn manifests(store: &BlobStore, shard: ShardId) -> Result<Vec<(u64, String)>, statefun_storage::Error> {
+    let mut manifests: Vec<(u64, String)> = store
+        .list(&format!("{}/", files::manifest_dir(shard)))
+        .await?
+        .into_iter()
+        .filter_map(|(path, _)| files::parse_manifest_generation(&path).map(|generation| (generation, path)))
+        .collect();
+    manifests.sort();
+    Ok(manifests)
+}
+
 /// `{index:08}-{first_lsn:020}-{last_lsn:020}.seg`: a listing tells what each segment holds.
 fn segment_name(segment: &SealedSegment) -> String {
     format!("{:08}-{:020}-{:020}.seg", segment.index, segment.first_lsn.0, segment.last_lsn.0)
@@ -396,15 +401,7 @@ pub async fn restore_point(
     shards: u16,
     log_dir: &Path,
 ) -> Result<Option<Restored>, String> {
-    let error = |error: statefun_storage::Error| error.to_string();
-    let mut manifests: Vec<(u64, String)> = store
-        .list(&format!("{}/", files::manifest_dir(shard)))
-        .await
-        .map_err(error)?
-        .into_iter()
-        .filter_map(|(path, _)| files::parse_manifest_generation(&path).map(|generation| (generation, path)))
-        .collect();
-    manifests.sort();
+    let manifests = manifests(store, shard).await.map_err(|error| error.to_string())?;
     let mut failures: Vec<String> = Vec::new();
     let mut newest_lsn: Option<u64> = None;
     for (_, path) in manifests.iter().rev() {

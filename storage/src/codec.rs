@@ -393,16 +393,16 @@ fn entry(mirror: EntryV2) -> Result<Entry, String> {
 pub(crate) mod tests {
     use super::*;
 
-    fn address(text: &str) -> Address {
+    pub(crate) fn address(text: &str) -> Address {
         let (function, id) = text.rsplit_once('/').unwrap();
         Address::new(TypeName::parse(function).unwrap(), id).unwrap()
     }
 
-    fn value(text: &str) -> TypedValue {
+    pub(crate) fn value(text: &str) -> TypedValue {
         TypedValue::new(TypeName::parse("a/text").unwrap(), text.to_string())
     }
 
-    fn envelope(target: &str, caller: Option<&str>) -> Envelope {
+    pub(crate) fn envelope(target: &str, caller: Option<&str>) -> Envelope {
         Envelope { target: address(target), caller: caller.map(address), value: value("v") }
     }
 

@@ -914,22 +914,10 @@ mod tests {
     use std::time::Duration;
 
     use proptest::prelude::*;
-    use statefun_core::{Address, Expiration, TypeName, TypedValue, ValueSpecDescriptor};
+    use statefun_core::{Expiration, TypeName, ValueSpecDescriptor};
 
     use super::*;
-
-    fn address(text: &str) -> Address {
-        let (function, id) = text.rsplit_once('/').unwrap();
-        Address::new(TypeName::parse(function).unwrap(), id).unwrap()
-    }
-
-    fn value(text: &str) -> TypedValue {
-        TypedValue::new(TypeName::parse("a/text").unwrap(), text.to_string())
-    }
-
-    fn envelope(target: &str, caller: Option<&str>) -> Envelope {
-        Envelope { target: address(target), caller: caller.map(address), value: value("v") }
-    }
+    use crate::codec::tests::{address, envelope, value};
 
     fn value_state(name: &str, text: &str) -> ValueState {
         ValueState { name: name.into(), value: value(text), written_at: UnixMillis(10), called_at: UnixMillis(20) }
