@@ -8,8 +8,9 @@
 /// outbox wait; 1024 covers several turns of a busy shard (256 invocations each).
 pub const mesh_channel_messages_max: usize = 1024;
 
-/// Open HTTP connections per shard. HTTP/1.1 runs one request at a time per connection, so
-/// this also bounds the ingress requests a shard has in flight: the ingress pushback.
+/// Open HTTP connections per shard and listener (the ingress, and the playground's ingress
+/// and egress when a module has them). HTTP/1.1 runs one request at a time per connection,
+/// so this also bounds the ingress requests a shard has in flight: the ingress pushback.
 pub const http_connections_per_shard_max: u64 = 4096;
 
 /// Bytes in one HTTP request body: the largest message value, see the core limit.
@@ -55,6 +56,9 @@ pub const remote_error_bytes_max: usize = 512;
 /// the pause a checkpoint puts on invocations (each capture copies one address's values,
 /// mailbox and timers: about a microsecond for a small address).
 pub const checkpoint_addresses_per_step: usize = 256;
+
+/// A long checkpoint or restore says how far it got every this many chunks (of up to 16 MiB).
+pub const checkpoint_progress_chunks: usize = 8;
 
 /// How often the checkpointer looks at the log's growth.
 pub const checkpoint_poll_ms: u64 = 1_000;

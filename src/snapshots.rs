@@ -238,12 +238,15 @@ impl ShardNode {
         let known =
             store.list(&format!("{}/chunks/", files::shard_dir(shard))).await.map_err(|error| error.to_string())?;
         let known: BTreeSet<String> = known.into_iter().map(|(path, _)| path).collect();
-        for chunk in &encoded {
+        for (done, chunk) in encoded.iter().enumerate() {
             let path = files::chunk_path(shard, &chunk.name);
             if !known.contains(&path) {
                 store.put(&path, chunk.bytes.clone()).await.map_err(|error| error.to_string())?;
                 written += chunk.bytes.len() as u64;
                 new_chunks += 1;
+            }
+            if (done + 1) % limits::checkpoint_progress_chunks == 0 {
+                tracing::info!("{shard}: checkpoint at LSN {}: {} of {} chunks stored", lsn.0, done + 1, encoded.len());
             }
         }
         let run: Vec<String> = encoded[1..].iter().map(|chunk| chunk.name.clone()).collect();
@@ -451,7 +454,11 @@ async fn load(store: &BlobStore, shard: ShardId, shards: u16, path: &str) -> Res
     let mut base = Vec::new();
     let mut deltas: Vec<(u64, Vec<AddressState>)> = Vec::new();
     let (mut base_bytes, mut deltas_bytes) = (0, 0);
-    for name in manifest.chunks() {
+    let chunks = manifest.chunks().count();
+    for (done, name) in manifest.chunks().enumerate() {
+        if (done + 1) % limits::checkpoint_progress_chunks == 0 {
+            tracing::info!("{shard}: restoring {path}: {} of {chunks} chunks read", done + 1);
+        }
         let chunk_path = files::chunk_path(shard, name);
         let (chunk, bytes) = read_chunk(store, &chunk_path).await?;
         match chunk {
