@@ -39,7 +39,7 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 use statefun_core::{AddressState, ShardId, ShardMeta};
 use statefun_storage::blob::BlobStore;
-use statefun_storage::snapshot::{self as files, Chunk, ChunkKind, EncodedChunk, Manifest};
+use statefun_storage::snapshot::{self as files, Chunk, ChunkKind, EncodedChunk, Manifest, SegmentRef};
 use statefun_storage::{Lsn, SealedSegment};
 
 use crate::limits;
@@ -271,7 +271,7 @@ impl ShardNode {
             meta: encoded[0].name.clone(),
             base,
             deltas,
-            segments: Vec::new(),
+            segments: self.uploaded_after(snapshots, lsn),
             created_ms: now().0,
         };
         let bytes = manifest.encode().map_err(|error| error.to_string())?;
@@ -294,6 +294,28 @@ impl ShardNode {
             );
         }
         Ok(Checkpoint { generation, lsn: lsn.0, chunks: new_chunks, bytes: written, states: captured, base: full })
+    }
+
+    /// The uploaded segments that carry the log on from `lsn`, in order and without gaps (the
+    /// manifest names them; recovery also finds those uploaded later).
+    fn uploaded_after(&self, snapshots: &Snapshots, lsn: Lsn) -> Vec<SegmentRef> {
+        let mut next = lsn.0 + 1;
+        let mut segments = Vec::new();
+        for segment in self.sealed_segments() {
+            if segment.last_lsn.0 < next || segment.last_lsn > snapshots.uploaded_through.get() {
+                continue;
+            }
+            if segment.first_lsn.0 > next {
+                break;
+            }
+            next = segment.last_lsn.0 + 1;
+            segments.push(SegmentRef {
+                name: segment_name(&segment),
+                first_lsn: segment.first_lsn.0,
+                last_lsn: segment.last_lsn.0,
+            });
+        }
+        segments
     }
 
     /// Deletes the manifests past the retained ones, and the chunks and segments that no kept
