@@ -74,8 +74,7 @@ pub fn rescale(config: &Config, old: u16, registry: &Arc<Registry>, store: &Blob
             for record in &recovered.records {
                 shard.replay(record);
             }
-            let (_, meta) = shard.checkpoint_begin(true);
-            let states = shard.checkpoint_step(usize::MAX).unwrap_or_default();
+            let (meta, states) = shard.full_state();
             tracing::info!("shard {index} of {old}: {} addresses", states.len());
             checkpoints.push((meta, states));
         }

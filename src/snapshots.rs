@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_channel::oneshot;
-use statefun_core::{AddressState, ShardId, ShardMeta};
+use statefun_core::{Address, AddressState, ShardId, ShardMeta};
 use statefun_storage::blob::BlobStore;
 use statefun_storage::snapshot::{self as files, Chunk, ChunkKind, EncodedChunk, Manifest, SegmentRef};
 use statefun_storage::{Lsn, SealedSegment};
@@ -201,21 +201,23 @@ impl ShardNode {
     }
 
     async fn checkpoint(self: &Rc<Self>, snapshots: &Snapshots) -> Result<Checkpoint, String> {
-        let (shard, shards) = (self.id, self.routing.shards());
-        let full = {
+        // The first checkpoint is a base (every address is dirty since it was made or
+        // replayed); later ones are deltas, folded into a new base off the shard once they
+        // pass the bound.
+        let (first, fold) = {
             let latest = snapshots.latest.borrow();
-            latest.manifest.is_none()
-                || latest
-                    .manifest
-                    .as_ref()
-                    .is_some_and(|manifest| manifest.deltas.len() >= limits::checkpoint_deltas_max)
-                || latest.deltas_bytes * limits::checkpoint_deltas_fold_ratio >= latest.base_bytes
+            let fold = latest.manifest.as_ref().is_some_and(|manifest| {
+                manifest.deltas.len() >= limits::checkpoint_deltas_max
+                    || latest.deltas_bytes * limits::checkpoint_deltas_fold_ratio >= latest.base_bytes
+            });
+            (latest.manifest.is_none(), fold)
         };
+        let full = first || fold;
         // Everything the core made is in the log's batcher: the checkpoint is the state
         // after the last appended record.
         self.commit();
         let lsn = self.appended_lsn();
-        let (epoch, meta) = self.core.borrow_mut().checkpoint_begin(full);
+        let meta = self.core.borrow_mut().checkpoint_begin();
         let states = loop {
             let step = self.core.borrow_mut().checkpoint_step(limits::checkpoint_addresses_per_step);
             match step {
@@ -224,14 +226,72 @@ impl ShardNode {
             }
         };
         let captured = states.len() as u64;
+        let addresses: Vec<Address> = states.iter().map(|state| state.address.clone()).collect();
+        let outcome = self.store_checkpoint(snapshots, lsn, meta, states, first, fold).await;
+        match outcome {
+            Ok((generation, new_chunks, written)) => {
+                self.checkpoint_durable(lsn);
+                if let Err(why) = self.collect_garbage(snapshots).await {
+                    tracing::warn!(
+                        "{}: cleaning the blob store failed (it is tried again after the next checkpoint): {why}",
+                        self.id
+                    );
+                }
+                Ok(Checkpoint {
+                    generation,
+                    lsn: lsn.0,
+                    chunks: new_chunks,
+                    bytes: written,
+                    states: captured,
+                    base: full,
+                })
+            }
+            Err(why) => {
+                // What it captured counts as changed again, for the next checkpoint.
+                self.core.borrow_mut().checkpoint_failed(&addresses);
+                Err(why)
+            }
+        }
+    }
+
+    /// Encodes and stores a captured checkpoint, then its manifest: the first one as a base,
+    /// a delta, or (`fold`) a new base merged from the stored one and this delta off the
+    /// shard. Returns its generation, chunks written and bytes written.
+    async fn store_checkpoint(
+        &self,
+        snapshots: &Snapshots,
+        lsn: Lsn,
+        meta: ShardMeta,
+        states: Vec<AddressState>,
+        first: bool,
+        fold: bool,
+    ) -> Result<(u64, u32, u64), String> {
+        let (shard, shards) = (self.id, self.routing.shards());
         self.wait_durable(lsn).await?;
-        let kind = if full { ChunkKind::Base } else { ChunkKind::Delta };
+        let previous = match (fold, snapshots.latest.borrow().manifest.clone()) {
+            (true, Some(manifest)) => Some(manifest),
+            _ => None,
+        };
+        let stored = match previous {
+            Some(manifest) => {
+                let path = files::manifest_path(shard, manifest.generation);
+                let restored = load(&snapshots.store, shard, shards, &path).await?;
+                Some(restored.ok_or_else(|| format!("{path} is of another layout"))?.states)
+            }
+            None => None,
+        };
+        let kind = if first || fold { ChunkKind::Base } else { ChunkKind::Delta };
         let encoded = rt::spawn_blocking(move || -> Result<Vec<EncodedChunk>, String> {
+            let states = match stored {
+                Some(stored) => files::merge(stored, [states]),
+                None => states,
+            };
             let mut chunks = vec![files::encode_meta(&meta, lsn.0).map_err(|error| error.to_string())?];
             chunks.extend(files::encode_run(kind, shard, shards, lsn.0, &states).map_err(|error| error.to_string())?);
             Ok(chunks)
         })
         .await?;
+        let full = first || fold;
         let store = &snapshots.store;
         let mut written = 0u64;
         let mut new_chunks = 0u32;
@@ -284,16 +344,8 @@ impl ShardNode {
                 store.url()
             ));
         }
-        self.core.borrow_mut().checkpoint_stored(epoch);
-        self.checkpoint_durable(lsn);
         *snapshots.latest.borrow_mut() = Latest { manifest: Some(manifest), base_bytes, deltas_bytes };
-        if let Err(why) = self.collect_garbage(snapshots).await {
-            tracing::warn!(
-                "{}: cleaning the blob store failed (it is tried again after the next checkpoint): {why}",
-                self.id
-            );
-        }
-        Ok(Checkpoint { generation, lsn: lsn.0, chunks: new_chunks, bytes: written, states: captured, base: full })
+        Ok((generation, new_chunks, written))
     }
 
     /// The uploaded segments that carry the log on from `lsn`, in order and without gaps (the
@@ -502,7 +554,7 @@ async fn load(store: &BlobStore, shard: ShardId, shards: u16, path: &str) -> Res
     if meta.shard != shard {
         return Err(format!("{path}: its meta is of shard {}", meta.shard.0));
     }
-    let states = files::merge(base, deltas.into_iter().map(|(_, run)| run));
+    let states = rt::spawn_blocking(move || files::merge(base, deltas.into_iter().map(|(_, run)| run))).await;
     Ok(Some(Restored { manifest, meta, states, base_bytes, deltas_bytes, must_reach: None }))
 }
 

@@ -36,8 +36,7 @@ pub use record::{
 };
 pub use requests::{Outcome, StoredOutcome, StoredRequest, Waiter, Want};
 pub use shard::{
-    AddressState, Batch, CheckpointEpoch, Completion, LinkState, Output, Pending, Retention, Shard, ShardMeta,
-    TimerState, ValueState,
+    AddressState, Batch, Completion, LinkState, Output, Pending, Retention, Shard, ShardMeta, TimerState, ValueState,
 };
 pub use time::UnixMillis;
 pub use value::{TypedValue, ValueType};

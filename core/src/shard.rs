@@ -31,7 +31,7 @@ use crate::{
 };
 
 pub use remote::{Batch, Completion};
-pub use snapshot::{AddressState, CheckpointEpoch, LinkState, ShardMeta, TimerState, ValueState};
+pub use snapshot::{AddressState, LinkState, ShardMeta, TimerState, ValueState};
 
 /// The values of one address, sorted by name.
 pub type Values = Vec<(Arc<str>, TypedValue)>;
@@ -151,10 +151,8 @@ pub struct Shard {
     outputs: VecDeque<Output>,
     /// Whether records mark the addresses they change, for checkpoints.
     tracking: bool,
-    /// Addresses changed since the last stored checkpoint, with the epoch of their last change.
-    dirty: HashMap<Address, u64>,
-    /// Checkpoints begun so far.
-    epoch: u64,
+    /// Addresses changed since the last checkpoint began.
+    dirty: snapshot::Dirty,
     capture: Option<snapshot::Capture>,
 }
 
@@ -180,8 +178,7 @@ impl Shard {
             records: VecDeque::new(),
             outputs: VecDeque::new(),
             tracking: false,
-            dirty: HashMap::new(),
-            epoch: 0,
+            dirty: snapshot::Dirty::default(),
             capture: None,
         }
     }
@@ -1070,8 +1067,9 @@ mod tests {
         admit(&mut shard, &timer, "arm 5000 b", "t2");
         settle(&mut shard, 0);
 
-        // A base, captured one address per step while messages keep coming.
-        let (epoch, meta) = shard.checkpoint_begin(true);
+        // The first checkpoint holds every address (all changed since they were made),
+        // captured one address per step while messages keep coming.
+        let meta = shard.checkpoint_begin();
         let (mut after, mut base, mut round) = (Vec::new(), None, 0);
         while base.is_none() {
             admit(&mut shard, &address("test/counter", &(round % 8).to_string()), "2", &format!("b{round}"));
@@ -1092,19 +1090,17 @@ mod tests {
             restored.replay(record);
         }
         assert_eq!(everything(&restored), everything(&shard));
-        shard.checkpoint_stored(epoch);
 
         // Deltas hold only what changed since the previous checkpoint began; with the base
         // they rebuild the shard too.
         assert!(shard.dirty_len() > 0, "what changed during the capture is left for the next");
-        let (epoch, _) = shard.checkpoint_begin(false);
+        shard.checkpoint_begin();
         let first = shard.checkpoint_step(usize::MAX).unwrap();
-        shard.checkpoint_stored(epoch);
         assert_eq!(shard.dirty_len(), 0);
         admit(&mut shard, &address("test/counter", "3"), "7", "c1");
         settle(&mut shard, 200);
         assert_eq!(shard.dirty_len(), 2, "counter 3 and the timer that fired at 100");
-        let (_, meta) = shard.checkpoint_begin(false);
+        let meta = shard.checkpoint_begin();
         let second = shard.checkpoint_step(usize::MAX).unwrap();
         assert_eq!(second.len(), 2);
         let merged = merge(merge(base, first), second);
@@ -1135,13 +1131,7 @@ mod tests {
 
     /// Full checkpoints of `shards`, rescaled to `to` shards and restored.
     fn rescaled(shards: &mut [Shard], to: u16) -> Vec<Shard> {
-        let old = shards
-            .iter_mut()
-            .map(|shard| {
-                let (_, meta) = shard.checkpoint_begin(true);
-                (meta, shard.checkpoint_step(usize::MAX).unwrap())
-            })
-            .collect();
+        let old = shards.iter_mut().map(|shard| shard.full_state()).collect();
         crate::rescale::rescale(old, Routing::new(to))
             .into_iter()
             .map(|(meta, states)| Shard::restore(meta, states, Routing::new(to), registry(), Retention::default()))

@@ -3,15 +3,17 @@
 //! A shard's state is its [`ShardMeta`] (counters, links, registered remote values, the
 //! ingress requests kept for retries) and one [`AddressState`] per address with state: its
 //! values, its mailbox and the delayed messages it sent. Every record marks the addresses it
-//! changes as *dirty*; a checkpoint captures the dirty addresses (a delta) or all of them (a
-//! base) as they were when it began.
+//! changes as *dirty*; a checkpoint captures the dirty addresses, as they were when it began:
+//! a delta of what changed since the previous checkpoint. (Folding deltas into a base is the
+//! node's work, off the shard; the first checkpoint of a shard holds every address, all of
+//! them dirty since they were made or replayed.)
 //!
-//! [`Shard::checkpoint_begin`] copies the meta at once and notes which addresses to capture;
-//! [`Shard::checkpoint_step`] then captures a bounded number of them per call while the shard
-//! goes on. An address that a record is about to change before its turn is captured first
-//! (copy on write), so the checkpoint is the state at the moment it began. Capturing one
-//! address copies its values, mailbox and timers: the slice a step takes is bounded by its
-//! budget of addresses times their size. The meta is copied in one go: its size is bounded by
+//! [`Shard::checkpoint_begin`] takes the dirty set over (a move, not a copy) and copies the
+//! meta; [`Shard::checkpoint_step`] then captures a bounded number of addresses per call while
+//! the shard goes on. An address that a record is about to change before its turn is captured
+//! first (copy on write), so the checkpoint is the state at the moment it began. Capturing
+//! one address copies its values, mailbox and timers: a step's pause is bounded by its budget
+//! of addresses times their size. The meta is copied at the beginning: its size is bounded by
 //! `requests_per_shard_max` keyed requests and the links' outboxes.
 
 use std::collections::{HashMap, HashSet};
@@ -86,59 +88,85 @@ pub struct ShardMeta {
     pub requests: Vec<StoredRequest>,
 }
 
+/// Addresses changed since the last checkpoint: a set to look up, and a list to walk in
+/// bounded steps.
+#[derive(Debug, Default)]
+pub(super) struct Dirty {
+    set: HashSet<Address>,
+    list: Vec<Address>,
+}
+
+impl Dirty {
+    fn insert(&mut self, address: &Address) {
+        if self.set.insert(address.clone()) {
+            self.list.push(address.clone());
+        }
+    }
+}
+
 /// A checkpoint being captured.
 #[derive(Debug)]
 pub(super) struct Capture {
-    /// Addresses still to capture.
-    pending: HashSet<Address>,
+    /// Addresses dirty when it began; `pending.set` holds those not captured yet.
+    pending: Dirty,
+    /// How far `checkpoint_step` walked `pending.list`.
+    cursor: usize,
     states: Vec<AddressState>,
 }
 
-/// A checkpoint's identity, to say it is safely stored ([`Shard::checkpoint_stored`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CheckpointEpoch(u64);
-
 impl Shard {
-    /// Starts a checkpoint of the state as it is now: a `full` one of every address, or one
-    /// of the addresses changed since the last stored checkpoint. Returns the meta; the
-    /// addresses follow from [`Shard::checkpoint_step`].
-    pub fn checkpoint_begin(&mut self, full: bool) -> (CheckpointEpoch, ShardMeta) {
+    /// Starts a checkpoint of the addresses changed since the previous one, as they are now.
+    /// Returns the meta; the addresses follow from [`Shard::checkpoint_step`]. If the
+    /// checkpoint cannot be stored, [`Shard::checkpoint_failed`] hands its addresses back.
+    pub fn checkpoint_begin(&mut self) -> ShardMeta {
         assert!(self.capture.is_none(), "{}: a checkpoint is already being captured", self.id);
-        self.epoch += 1;
-        let mut pending: HashSet<Address> = self.dirty.keys().cloned().collect();
-        if full {
-            pending.extend(self.instances.keys().cloned());
-            pending.extend(self.owned_timers.keys().cloned());
-        }
-        self.capture = Some(Capture { pending, states: Vec::new() });
-        (CheckpointEpoch(self.epoch), self.meta())
+        let pending = std::mem::take(&mut self.dirty);
+        self.capture = Some(Capture { pending, cursor: 0, states: Vec::new() });
+        self.meta()
     }
 
     /// Captures up to `budget` addresses of the checkpoint being taken; once every one is,
     /// returns them sorted by address and ends the capture.
     pub fn checkpoint_step(&mut self, budget: usize) -> Option<Vec<AddressState>> {
-        let capture = self.capture.as_mut()?;
-        let next: Vec<Address> = capture.pending.iter().take(budget).cloned().collect();
-        for address in next {
-            self.capture_address(&address);
-        }
-        if self.capture.as_ref().is_some_and(|capture| !capture.pending.is_empty()) {
-            return None;
+        let mut taken = 0;
+        loop {
+            let capture = self.capture.as_mut()?;
+            let Some(address) = capture.pending.list.get(capture.cursor).cloned() else { break };
+            capture.cursor += 1;
+            if capture.pending.set.contains(&address) {
+                self.capture_address(&address);
+                taken += 1;
+                if taken == budget {
+                    return None;
+                }
+            }
         }
         let mut states = self.capture.take().map(|capture| capture.states).unwrap_or_default();
         states.sort_by(|a, b| a.address.cmp(&b.address));
         Some(states)
     }
 
-    /// The checkpoint of `epoch` is stored: the addresses it captured are clean, unless they
-    /// changed since it began.
-    pub fn checkpoint_stored(&mut self, epoch: CheckpointEpoch) {
-        self.dirty.retain(|_, dirty_in| *dirty_in >= epoch.0);
+    /// A checkpoint of these addresses could not be stored: they count as changed again, for
+    /// the next one.
+    pub fn checkpoint_failed(&mut self, addresses: &[Address]) {
+        for address in addresses {
+            self.dirty.insert(address);
+        }
     }
 
-    /// Addresses changed since the last stored checkpoint.
+    /// Every address's state and the meta, at once: for moving state between layouts while
+    /// the node is stopped (it takes time in proportion to the state).
+    pub fn full_state(&self) -> (ShardMeta, Vec<AddressState>) {
+        let mut addresses: Vec<&Address> = self.instances.keys().chain(self.owned_timers.keys()).collect();
+        addresses.sort();
+        addresses.dedup();
+        let states = addresses.into_iter().map(|address| self.address_state(address)).collect();
+        (self.meta(), states)
+    }
+
+    /// Addresses changed since the last checkpoint began.
     pub fn dirty_len(&self) -> usize {
-        self.dirty.len()
+        self.dirty.set.len()
     }
 
     /// Marks `address` as changed by the record being applied; a checkpoint that has not
@@ -147,16 +175,16 @@ impl Shard {
         if !self.tracking {
             return;
         }
-        if self.capture.as_ref().is_some_and(|capture| capture.pending.contains(address)) {
+        if self.capture.as_ref().is_some_and(|capture| capture.pending.set.contains(address)) {
             self.capture_address(address);
         }
-        self.dirty.insert(address.clone(), self.epoch);
+        self.dirty.insert(address);
     }
 
     fn capture_address(&mut self, address: &Address) {
         let state = self.address_state(address);
         if let Some(capture) = self.capture.as_mut() {
-            if capture.pending.remove(address) {
+            if capture.pending.set.remove(address) {
                 capture.states.push(state);
             }
         }
