@@ -5,11 +5,11 @@
 //! by `--snapshot-log-mib`, or when an operator asks (`statefun snapshot`), it:
 //!
 //! 1. appends every record the core made so far and begins a checkpoint at the last one's LSN
-//!    `L` (`Shard::checkpoint_begin`): a *base* of every address, or a *delta* of those
-//!    changed since the previous checkpoint;
-//! 2. captures the addresses a bounded step at a time (`checkpoint_addresses_per_step`),
-//!    yielding to the core loop in between; a record that changes an address not captured
-//!    yet captures it first, so the checkpoint is the state at `L`;
+//!    `L` (`Shard::checkpoint_begin`, in constant time): of the addresses changed since the
+//!    previous checkpoint began (the first checkpoint of a shard: all of them);
+//! 2. captures them a bounded step at a time (`checkpoint_addresses_per_step`), yielding to
+//!    the core loop in between; a record that changes an address not captured yet captures it
+//!    first, so the checkpoint is the state at `L`;
 //! 3. waits until the log is durable up to `L`, encodes the run as content-named chunks on a
 //!    blocking thread, and uploads the chunks the store does not have;
 //! 4. writes the manifest of the next generation create-only: a second writer of the same
@@ -18,8 +18,10 @@
 //!    manifests past the last `--snapshots-retained`, the chunks none of the kept ones names,
 //!    and the segments wholly below the oldest kept one.
 //!
-//! Deltas are folded into a new base when their bytes pass half the base's
-//! (`checkpoint_deltas_fold_ratio`) or there are `checkpoint_deltas_max` of them.
+//! The first checkpoint is a base; later ones are deltas. Once the deltas' bytes pass half the
+//! base's (`checkpoint_deltas_fold_ratio`) or there are `checkpoint_deltas_max` of them, the
+//! next checkpoint folds them: the stored base and deltas are read back and merged with the
+//! new delta into a new base, all off the shard (LSM-style compaction).
 //!
 //! Sealed log segments are uploaded as soon as the log moves past them, so that a node on an
 //! empty disk can replay what came after its newest checkpoint (up to the last sealed
