@@ -284,6 +284,8 @@ impl ShardNode {
         };
         let kind = if first || fold { ChunkKind::Base } else { ChunkKind::Delta };
         let encoded = rt::spawn_blocking(move || -> Result<Vec<EncodedChunk>, String> {
+            let (mut meta, mut states) = (meta, states);
+            statefun_core::sort_run(&mut meta, &mut states);
             let states = match stored {
                 Some(stored) => files::merge(stored, [states]),
                 None => states,

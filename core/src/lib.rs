@@ -36,7 +36,8 @@ pub use record::{
 };
 pub use requests::{Outcome, StoredOutcome, StoredRequest, Waiter, Want};
 pub use shard::{
-    AddressState, Batch, Completion, LinkState, Output, Pending, Retention, Shard, ShardMeta, TimerState, ValueState,
+    sort_run, AddressState, Batch, Completion, LinkState, Output, Pending, Retention, Shard, ShardMeta, TimerState,
+    ValueState,
 };
 pub use time::UnixMillis;
 pub use value::{TypedValue, ValueType};

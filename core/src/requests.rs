@@ -270,11 +270,10 @@ impl Requests {
         }
     }
 
-    /// The keyed requests, sorted by key: what a checkpoint keeps (nobody waits after a
+    /// The keyed requests, in no order: what a checkpoint keeps (nobody waits after a
     /// restart, so requests without a client key are not kept; see [`Requests::recovered`]).
     pub fn stored(&self) -> Vec<StoredRequest> {
-        let mut stored: Vec<StoredRequest> = self
-            .requests
+        self.requests
             .iter()
             .filter(|(_, request)| request.keyed)
             .map(|(key, request)| StoredRequest {
@@ -288,9 +287,7 @@ impl Requests {
                 },
                 expires_at: request.expires_at,
             })
-            .collect();
-        stored.sort_by(|a, b| a.key.cmp(&b.key));
-        stored
+            .collect()
     }
 
     /// Puts back the requests of a checkpoint, as recovered (durable, nobody waiting).

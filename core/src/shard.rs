@@ -31,7 +31,7 @@ use crate::{
 };
 
 pub use remote::{Batch, Completion};
-pub use snapshot::{AddressState, LinkState, ShardMeta, TimerState, ValueState};
+pub use snapshot::{sort_run, AddressState, LinkState, ShardMeta, TimerState, ValueState};
 
 /// The values of one address, sorted by name.
 pub type Values = Vec<(Arc<str>, TypedValue)>;

@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use statefun_core::{
-    Address, AddressState, Context, FunctionError, FunctionSpec, LinkState, Registry, RequestKey, Retention, Routing,
-    Shard, ShardId, ShardMeta, TypeName, TypedValue, UnixMillis, ValueSpec, ValueState,
+    sort_run, Address, AddressState, Context, FunctionError, FunctionSpec, LinkState, Registry, RequestKey, Retention,
+    Routing, Shard, ShardId, ShardMeta, TypeName, TypedValue, UnixMillis, ValueSpec, ValueState,
 };
 use statefun_storage::snapshot::{encode_meta, encode_run, ChunkKind};
 
@@ -90,8 +90,9 @@ fn a_delta_of_one_percent_of_the_keys_is_about_one_percent_of_the_bytes() {
         shard.released(&record);
     }
 
-    let meta = shard.checkpoint_begin();
-    let delta = shard.checkpoint_step(usize::MAX).unwrap();
+    let mut meta = shard.checkpoint_begin();
+    let mut delta = shard.checkpoint_step(usize::MAX).unwrap();
+    sort_run(&mut meta, &mut delta);
     assert_eq!(delta.len(), CHANGED, "exactly the changed addresses");
     assert!(delta.iter().all(|state| changed.contains(&state.address.id[1..].parse().unwrap())));
     let delta_bytes = stored_bytes(ChunkKind::Delta, &meta, &delta);

@@ -84,7 +84,7 @@ pub struct ShardMeta {
     pub links: Vec<LinkState>,
     /// Sorted by type name.
     pub remote_specs: Vec<(TypeName, Vec<ValueSpecDescriptor>)>,
-    /// The keyed ingress requests kept for retries, sorted by key.
+    /// The keyed ingress requests kept for retries (in no order; [`sort_run`] sorts them).
     pub requests: Vec<StoredRequest>,
 }
 
@@ -93,13 +93,14 @@ pub struct ShardMeta {
 #[derive(Debug, Default)]
 pub(super) struct Dirty {
     set: HashSet<Address>,
-    list: Vec<Address>,
+    /// Emptied entry by entry as a capture walks it, so that no step frees the whole list.
+    list: Vec<Option<Address>>,
 }
 
 impl Dirty {
     fn insert(&mut self, address: &Address) {
         if self.set.insert(address.clone()) {
-            self.list.push(address.clone());
+            self.list.push(Some(address.clone()));
         }
     }
 }
@@ -114,6 +115,13 @@ pub(super) struct Capture {
     states: Vec<AddressState>,
 }
 
+/// Puts a captured checkpoint in the order its files want: states by address, requests by
+/// key. It takes time in proportion to the checkpoint, so it runs off the shard.
+pub fn sort_run(meta: &mut ShardMeta, states: &mut [AddressState]) {
+    states.sort_unstable_by(|a, b| a.address.cmp(&b.address));
+    meta.requests.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+}
+
 impl Shard {
     /// Starts a checkpoint of the addresses changed since the previous one, as they are now.
     /// Returns the meta; the addresses follow from [`Shard::checkpoint_step`]. If the
@@ -126,12 +134,14 @@ impl Shard {
     }
 
     /// Captures up to `budget` addresses of the checkpoint being taken; once every one is,
-    /// returns them sorted by address and ends the capture.
+    /// returns them (in no order: sorting a large run is for the caller to do off the shard,
+    /// [`sort_run`]) and ends the capture.
     pub fn checkpoint_step(&mut self, budget: usize) -> Option<Vec<AddressState>> {
         let mut taken = 0;
         loop {
             let capture = self.capture.as_mut()?;
-            let Some(address) = capture.pending.list.get(capture.cursor).cloned() else { break };
+            let Some(entry) = capture.pending.list.get_mut(capture.cursor) else { break };
+            let Some(address) = entry.take() else { break };
             capture.cursor += 1;
             if capture.pending.set.contains(&address) {
                 self.capture_address(&address);
@@ -141,9 +151,7 @@ impl Shard {
                 }
             }
         }
-        let mut states = self.capture.take().map(|capture| capture.states).unwrap_or_default();
-        states.sort_by(|a, b| a.address.cmp(&b.address));
-        Some(states)
+        self.capture.take().map(|capture| capture.states)
     }
 
     /// A checkpoint of these addresses could not be stored: they count as changed again, for
@@ -161,7 +169,9 @@ impl Shard {
         addresses.sort();
         addresses.dedup();
         let states = addresses.into_iter().map(|address| self.address_state(address)).collect();
-        (self.meta(), states)
+        let mut meta = self.meta();
+        sort_run(&mut meta, &mut []);
+        (meta, states)
     }
 
     /// Addresses changed since the last checkpoint began.
