@@ -178,6 +178,7 @@ impl ShardNode {
                 for waiter in snapshots.waiters.take() {
                     let _ = waiter.send(Err(why.clone()));
                 }
+                last = Instant::now();
                 continue;
             }
             let waiters = snapshots.waiters.take();
