@@ -80,13 +80,9 @@ pub fn rescale(config: &Config, old: u16, registry: &Arc<Registry>, store: &Blob
         }
         let moved = statefun_core::rescale::rescale(checkpoints, Routing::new(new));
 
-        let mut generation = 0;
-        for (path, _) in store.list("").await? {
-            if let Some(found) = files::parse_manifest_generation(&path) {
-                generation = generation.max(found);
-            }
-        }
-        generation += 1;
+        let stored = store.list("").await?;
+        let generation =
+            1 + stored.iter().filter_map(|(path, _)| files::parse_manifest_generation(path)).max().unwrap_or(0);
         for (meta, states) in moved {
             let shard = meta.shard;
             let meta_chunk = files::encode_meta(&meta, 0)?;
@@ -111,9 +107,9 @@ pub fn rescale(config: &Config, old: u16, registry: &Arc<Registry>, store: &Blob
             }
             tracing::info!("shard {} of {new}: {} addresses, checkpoint {path}", shard.0, states.len());
         }
-        for (path, _) in store.list("").await? {
+        for (path, _) in &stored {
             if path.contains("/segments/") {
-                store.delete(&path).await?;
+                store.delete(path).await?;
             }
         }
         Ok::<_, anyhow::Error>(())

@@ -54,7 +54,7 @@ pub struct Checkpoint {
     pub generation: u64,
     /// The LSN of the last record it holds.
     pub lsn: u64,
-    /// Chunks written by this checkpoint (those already stored are not written again).
+    /// Chunks written by this checkpoint: its meta and its run.
     pub chunks: u32,
     /// Bytes written by this checkpoint: its new chunks and its manifest.
     pub bytes: u64,
@@ -298,22 +298,19 @@ impl ShardNode {
         .await?;
         let full = first || fold;
         let store = &snapshots.store;
+        // Every chunk is new: its name hashes its content, which holds the checkpoint's LSN.
         let mut written = 0u64;
-        let mut new_chunks = 0u32;
-        let known =
-            store.list(&format!("{}/chunks/", files::shard_dir(shard))).await.map_err(|error| error.to_string())?;
-        let known: BTreeSet<String> = known.into_iter().map(|(path, _)| path).collect();
         for (done, chunk) in encoded.iter().enumerate() {
-            let path = files::chunk_path(shard, &chunk.name);
-            if !known.contains(&path) {
-                store.put(&path, chunk.bytes.clone()).await.map_err(|error| error.to_string())?;
-                written += chunk.bytes.len() as u64;
-                new_chunks += 1;
-            }
+            store
+                .put(&files::chunk_path(shard, &chunk.name), chunk.bytes.clone())
+                .await
+                .map_err(|error| error.to_string())?;
+            written += chunk.bytes.len() as u64;
             if (done + 1) % limits::checkpoint_progress_chunks == 0 {
                 tracing::info!("{shard}: checkpoint at LSN {}: {} of {} chunks stored", lsn.0, done + 1, encoded.len());
             }
         }
+        let new_chunks = encoded.len() as u32;
         let run: Vec<String> = encoded[1..].iter().map(|chunk| chunk.name.clone()).collect();
         let run_bytes: u64 = encoded[1..].iter().map(|chunk| chunk.bytes.len() as u64).sum();
         let (generation, base, deltas, base_bytes, deltas_bytes) = {

@@ -283,6 +283,16 @@ mod tests {
 
     use super::*;
 
+    /// `frame` with one bit of its payload flipped, read back as a frame.
+    fn damaged(frame: &[u8], flip: usize, bit: u8) -> (Kind, AlignedVec) {
+        let mut damaged = frame.to_vec();
+        let at = HEADER_BYTES + flip % (frame.len() - HEADER_BYTES);
+        damaged[at] ^= 1 << bit;
+        let mut reader = Reader::default();
+        reader.extend(&damaged);
+        reader.next_frame().unwrap().unwrap()
+    }
+
     fn request(value: Vec<u8>) -> Request {
         Request {
             id: 7,
@@ -447,12 +457,7 @@ mod tests {
             bit in 0u8..8,
         ) {
             let frame = encode(Kind::Snapshotted, &Snapshotted { id: 1, outcome });
-            let mut damaged = frame.clone();
-            let at = HEADER_BYTES + flip % (frame.len() - HEADER_BYTES);
-            damaged[at] ^= 1 << bit;
-            let mut reader = Reader::default();
-            reader.extend(&damaged);
-            let (kind, payload) = reader.next_frame().unwrap().unwrap();
+            let (kind, payload) = damaged(&frame, flip, bit);
             // Either the archive is rejected (a bad tag, a bad string), or it decodes: never a panic.
             let _ = decode::<Snapshotted>(kind, &payload);
         }
@@ -464,12 +469,7 @@ mod tests {
             bit in 0u8..8,
         ) {
             let frame = encode(Kind::Request, &request(value));
-            let mut damaged = frame.clone();
-            let at = HEADER_BYTES + flip % (frame.len() - HEADER_BYTES);
-            damaged[at] ^= 1 << bit;
-            let mut reader = Reader::default();
-            reader.extend(&damaged);
-            let (kind, payload) = reader.next_frame().unwrap().unwrap();
+            let (kind, payload) = damaged(&frame, flip, bit);
             // Either the archive is rejected, or it decodes to some request: never a panic.
             let _ = decode::<Request>(kind, &payload);
         }

@@ -840,7 +840,6 @@ fn meta(mirror: ShardMetaV1, shard: ShardId, shards: u16) -> Result<ShardMeta, S
     })
 }
 
-/// As the log's `Registered` record writes a value spec.
 fn state_v1(state: &AddressState) -> AddressStateV1 {
     AddressStateV1 {
         address: codec::address_v1(&state.address),
